@@ -1,0 +1,513 @@
+"""Intent-named queries. Only this package speaks SQL.
+
+Every function takes the session of the caller's unit of work (storage.db.session_scope)
+and keyword arguments. Exactly-once is a conditional ``UPDATE … WHERE state = …`` whose
+row count decides the winner, or an insert that a unique key refuses: both hold on
+SQLite (one writer at a time) and on PostgreSQL (row locks), across threads and processes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session
+
+from bot.core import audit_chain
+from storage.tables import (
+    Approval,
+    AuditEvent,
+    AuditHead,
+    Job,
+    Lease,
+    Outbox,
+    RestoreRequest,
+    Setting,
+    SlackDelivery,
+    Watch,
+)
+
+
+def _insert(session: Session, table):
+    dialect = session.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
+def _inserted(session: Session, stmt) -> bool:
+    # INSERT … ON CONFLICT DO NOTHING RETURNING: a row back means this call inserted.
+    # (rowcount is not reliable for it across drivers.)
+    return session.execute(stmt).first() is not None
+
+
+# --- audit -------------------------------------------------------------------------
+
+
+def append_audit(
+    session: Session,
+    *,
+    now: datetime,
+    action: str,
+    outcome: str,
+    actor: str = "",
+    team: str = "",
+    channel: str = "",
+    target: str = "",
+    detail: str = "",
+    key: bytes | None = None,
+) -> AuditEvent:
+    """Append one row to the chain. The UPDATE of the head row takes the chain lock
+    (a row lock on PostgreSQL, the write lock on SQLite) until the caller commits, so
+    ids and hashes are assigned strictly one after another. Call it last in a unit
+    of work, so that no other lock is taken while it is held."""
+    if outcome not in audit_chain.OUTCOMES:
+        raise ValueError(f"unknown audit outcome {outcome!r}")
+    row_id, prev = session.execute(
+        update(AuditHead)
+        .where(AuditHead.id == 1)
+        .values(count=AuditHead.count + 1)
+        .returning(AuditHead.count, AuditHead.hash)
+    ).one()
+    payload = audit_chain.canonical(
+        row_id, now, team, channel, actor, action, target, outcome, detail, prev
+    )
+    digest = audit_chain.row_hash(payload, key)
+    event = AuditEvent(
+        id=row_id,
+        at=now,
+        team=team,
+        channel=channel,
+        actor=actor,
+        action=action,
+        target=target,
+        outcome=outcome,
+        detail=detail,
+        prev_hash=prev,
+        hash=digest,
+    )
+    session.add(event)
+    session.execute(update(AuditHead).where(AuditHead.id == 1).values(hash=digest))
+    session.flush()
+    return event
+
+
+def latest_audit(session: Session, *, limit: int) -> list[AuditEvent]:
+    return list(
+        session.execute(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)).scalars()
+    )
+
+
+def audit_head(session: Session) -> tuple[int, str]:
+    count, digest = session.execute(
+        select(AuditHead.count, AuditHead.hash).where(AuditHead.id == 1)
+    ).one()
+    return int(count), digest
+
+
+AUDIT_COLUMNS = (
+    AuditEvent.id,
+    AuditEvent.at,
+    AuditEvent.team,
+    AuditEvent.channel,
+    AuditEvent.actor,
+    AuditEvent.action,
+    AuditEvent.target,
+    AuditEvent.outcome,
+    AuditEvent.detail,
+    AuditEvent.prev_hash,
+    AuditEvent.hash,
+)
+
+
+def stream_audit_rows(
+    engine: Engine,
+    *,
+    since: datetime | None = None,
+    actor: str | None = None,
+    batch: int = 5000,
+) -> Iterator[tuple]:
+    """All audit rows in id order, fetched in pages by id so memory stays flat
+    whatever the size of the table (keyset pagination, no server-side cursor)."""
+    last = 0
+    while True:
+        query = (
+            select(*AUDIT_COLUMNS).where(AuditEvent.id > last).order_by(AuditEvent.id).limit(batch)
+        )
+        if since is not None:
+            query = query.where(AuditEvent.at >= since)
+        if actor is not None:
+            query = query.where(AuditEvent.actor == actor)
+        with engine.connect() as conn:
+            rows = conn.execute(query).all()
+        if not rows:
+            return
+        yield from rows
+        last = rows[-1][0]
+
+
+# --- Slack deliveries ----------------------------------------------------------------
+
+
+def record_delivery(session: Session, *, key: str, now: datetime) -> bool:
+    """True the first time a request body is seen, False for a redelivery or replay."""
+    stmt = _insert(session, SlackDelivery).values(key=key, received_at=now)
+    return _inserted(session, stmt.on_conflict_do_nothing().returning(SlackDelivery.key))
+
+
+def forget_deliveries(session: Session, *, before: datetime) -> int:
+    result = session.execute(
+        SlackDelivery.__table__.delete().where(SlackDelivery.received_at < before)
+    )
+    return result.rowcount
+
+
+# --- leases --------------------------------------------------------------------------
+
+
+def acquire_lease(
+    session: Session, *, name: str, owner: str, now: datetime, ttl: timedelta
+) -> bool:
+    """Take or renew the lease; True while ``owner`` holds it."""
+    session.execute(
+        _insert(session, Lease)
+        .values(name=name, owner="", expires_at=now - timedelta(days=1))
+        .on_conflict_do_nothing()
+    )
+    result = session.execute(
+        update(Lease)
+        .where(Lease.name == name, or_(Lease.owner == owner, Lease.expires_at < now))
+        .values(owner=owner, expires_at=now + ttl)
+    )
+    return result.rowcount == 1
+
+
+def release_lease(session: Session, *, name: str, owner: str, now: datetime) -> bool:
+    result = session.execute(
+        update(Lease)
+        .where(Lease.name == name, Lease.owner == owner)
+        .values(owner="", expires_at=now - timedelta(seconds=1))
+    )
+    return result.rowcount == 1
+
+
+def lease_holder(session: Session, *, name: str, now: datetime) -> str | None:
+    row = session.get(Lease, name)
+    if row is None or not row.owner or row.expires_at < now:
+        return None
+    return row.owner
+
+
+# --- jobs ----------------------------------------------------------------------------
+
+
+def enqueue_job(
+    session: Session, *, kind: str, payload: dict, owner: str, now: datetime, lease: timedelta
+) -> int:
+    job = Job(
+        kind=kind,
+        payload=json.dumps(payload, separators=(",", ":")),
+        state="queued",
+        owner=owner,
+        lease_until=now + lease,
+        created_at=now,
+    )
+    session.add(job)
+    session.flush()
+    return job.id
+
+
+def claim_job(
+    session: Session, *, job_id: int, owner: str, now: datetime, lease: timedelta
+) -> Job | None:
+    """Start a job: a queued one (ours, or one whose lease lapsed), or a running one
+    whose worker died. The handler sees ``attempts`` and its saved ``progress``."""
+    result = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            or_(
+                (Job.state == "queued") & ((Job.owner == owner) | (Job.lease_until < now)),
+                (Job.state == "running") & (Job.lease_until < now),
+            ),
+        )
+        .values(state="running", owner=owner, lease_until=now + lease, attempts=Job.attempts + 1)
+    )
+    if result.rowcount != 1:
+        return None
+    return session.get(Job, job_id, populate_existing=True)
+
+
+def orphaned_jobs(session: Session, *, now: datetime, limit: int = 50) -> list[int]:
+    return list(
+        session.execute(
+            select(Job.id)
+            .where(Job.state.in_(("queued", "running")), Job.lease_until < now)
+            .order_by(Job.id)
+            .limit(limit)
+        ).scalars()
+    )
+
+
+def save_job_progress(session: Session, *, job_id: int, progress: dict) -> None:
+    session.execute(update(Job).where(Job.id == job_id).values(progress=json.dumps(progress)))
+
+
+def finish_job(session: Session, *, job_id: int, now: datetime, error: str = "") -> None:
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(state="failed" if error else "done", finished_at=now, error=error[:500])
+    )
+
+
+def purge_finished_jobs(session: Session, *, before: datetime) -> int:
+    result = session.execute(
+        Job.__table__.delete().where(Job.state.in_(("done", "failed")), Job.finished_at < before)
+    )
+    return result.rowcount
+
+
+def count_jobs(session: Session, *, states: Sequence[str]) -> int:
+    return session.execute(
+        select(func.count()).select_from(Job).where(Job.state.in_(states))
+    ).scalar_one()
+
+
+# --- restore requests ------------------------------------------------------------------
+
+
+def add_restore_request(session: Session, request: RestoreRequest) -> RestoreRequest:
+    session.add(request)
+    session.flush()
+    return request
+
+
+def get_restore_request(session: Session, *, request_id: int) -> RestoreRequest | None:
+    return session.get(RestoreRequest, request_id, populate_existing=True)
+
+
+def approvers_of(session: Session, *, request_id: int) -> frozenset[str]:
+    return frozenset(
+        session.execute(
+            select(Approval.approver).where(Approval.request_id == request_id)
+        ).scalars()
+    )
+
+
+def add_approval(session: Session, *, request_id: int, approver: str, now: datetime) -> bool:
+    """False when this approver had already approved (a repeated click counts once)."""
+    stmt = _insert(session, Approval).values(request_id=request_id, approver=approver, at=now)
+    return _inserted(session, stmt.on_conflict_do_nothing().returning(Approval.id))
+
+
+def transition_request(
+    session: Session, *, request_id: int, from_states: Iterable[str], to_state: str, **values
+) -> bool:
+    """Move a request on only if it is still in one of ``from_states``; the row count
+    says whether this caller won."""
+    result = session.execute(
+        update(RestoreRequest)
+        .where(RestoreRequest.id == request_id, RestoreRequest.state.in_(tuple(from_states)))
+        .values(state=to_state, **values)
+    )
+    return result.rowcount == 1
+
+
+def set_request_message(session: Session, *, request_id: int, channel: str, ts: str) -> None:
+    session.execute(
+        update(RestoreRequest)
+        .where(RestoreRequest.id == request_id)
+        .values(channel=channel, message_ts=ts)
+    )
+
+
+def requests_in_state(
+    session: Session,
+    *,
+    states: Iterable[str],
+    before: datetime | None = None,
+    column: str = "created_at",
+) -> list[RestoreRequest]:
+    query = select(RestoreRequest).where(RestoreRequest.state.in_(tuple(states)))
+    if before is not None:
+        query = query.where(getattr(RestoreRequest, column) < before)
+    return list(session.execute(query.order_by(RestoreRequest.id)).scalars())
+
+
+def expired_requests(session: Session, *, now: datetime) -> list[RestoreRequest]:
+    return list(
+        session.execute(
+            select(RestoreRequest)
+            .where(RestoreRequest.state == "pending", RestoreRequest.expires_at <= now)
+            .order_by(RestoreRequest.id)
+        ).scalars()
+    )
+
+
+def open_request_for_snapshot(session: Session, *, snapshot_id: int) -> RestoreRequest | None:
+    return session.execute(
+        select(RestoreRequest)
+        .where(
+            RestoreRequest.snapshot_id == snapshot_id,
+            RestoreRequest.state.in_(("pending", "approved", "executing")),
+        )
+        .order_by(RestoreRequest.id.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+
+
+# --- watches ---------------------------------------------------------------------------
+
+
+def add_watch(session: Session, watch: Watch) -> Watch:
+    session.add(watch)
+    session.flush()
+    return watch
+
+
+def active_watches(session: Session, *, kind: str | None = None) -> list[Watch]:
+    query = select(Watch).where(Watch.state == "watching")
+    if kind:
+        query = query.where(Watch.kind == kind)
+    return list(session.execute(query.order_by(Watch.id)).scalars())
+
+
+def note_watch_status(session: Session, *, watch_id: int, status: str, now: datetime) -> None:
+    session.execute(
+        update(Watch)
+        .where(Watch.id == watch_id, Watch.state == "watching")
+        .values(last_status=status, last_seen_at=now)
+    )
+
+
+def finish_watch(
+    session: Session,
+    *,
+    watch_id: int,
+    final_status: str,
+    now: datetime,
+    size_mb: int | None = None,
+) -> bool:
+    """Claim the report of a terminal state; only one caller ever wins it."""
+    result = session.execute(
+        update(Watch)
+        .where(Watch.id == watch_id, Watch.state == "watching")
+        .values(state="done", final_status=final_status, finished_at=now, size_mb=size_mb)
+    )
+    return result.rowcount == 1
+
+
+# --- outbox ----------------------------------------------------------------------------
+
+
+def enqueue_message(
+    session: Session, *, method: str, payload: dict, now: datetime, key: str | None = None
+) -> int | None:
+    """Queue a Slack call that must happen. With ``key``, queueing twice queues once."""
+    values = {
+        "key": key,
+        "method": method,
+        "payload": json.dumps(payload, separators=(",", ":")),
+        "state": "pending",
+        "attempts": 0,
+        "next_attempt_at": now,
+        "owner": "",
+        "error": "",
+        "created_at": now,
+    }
+    stmt = _insert(session, Outbox).values(**values).on_conflict_do_nothing().returning(Outbox.id)
+    return session.execute(stmt).scalar_one_or_none()
+
+
+def claim_message(
+    session: Session, *, message_id: int, owner: str, now: datetime, lease: timedelta
+) -> Outbox | None:
+    result = session.execute(
+        update(Outbox)
+        .where(
+            Outbox.id == message_id,
+            Outbox.state == "pending",
+            Outbox.next_attempt_at <= now,
+            or_(Outbox.lease_until.is_(None), Outbox.lease_until < now),
+        )
+        .values(owner=owner, lease_until=now + lease, attempts=Outbox.attempts + 1)
+    )
+    if result.rowcount != 1:
+        return None
+    return session.get(Outbox, message_id, populate_existing=True)
+
+
+def due_messages(session: Session, *, now: datetime, limit: int = 100) -> list[int]:
+    return list(
+        session.execute(
+            select(Outbox.id)
+            .where(
+                Outbox.state == "pending",
+                Outbox.next_attempt_at <= now,
+                or_(Outbox.lease_until.is_(None), Outbox.lease_until < now),
+            )
+            .order_by(Outbox.id)
+            .limit(limit)
+        ).scalars()
+    )
+
+
+def mark_message_sent(session: Session, *, message_id: int, now: datetime, ts: str | None) -> None:
+    session.execute(
+        update(Outbox)
+        .where(Outbox.id == message_id)
+        .values(state="sent", sent_at=now, result_ts=ts, lease_until=None)
+    )
+
+
+def mark_message_retry(
+    session: Session, *, message_id: int, error: str, next_attempt_at: datetime
+) -> None:
+    session.execute(
+        update(Outbox)
+        .where(Outbox.id == message_id)
+        .values(error=error[:500], next_attempt_at=next_attempt_at, lease_until=None)
+    )
+
+
+def mark_message_failed(session: Session, *, message_id: int, now: datetime, error: str) -> None:
+    session.execute(
+        update(Outbox)
+        .where(Outbox.id == message_id)
+        .values(state="failed", error=error[:500], sent_at=now, lease_until=None)
+    )
+
+
+def count_messages(session: Session, *, state: str) -> int:
+    return session.execute(
+        select(func.count()).select_from(Outbox).where(Outbox.state == state)
+    ).scalar_one()
+
+
+# --- small durable facts -----------------------------------------------------------------
+
+
+def get_setting(session: Session, *, key: str) -> str | None:
+    row = session.get(Setting, key)
+    return row.value if row else None
+
+
+def put_setting(session: Session, *, key: str, value: str) -> None:
+    session.execute(
+        _insert(session, Setting)
+        .values(key=key, value=value)
+        .on_conflict_do_update(index_elements=["key"], set_={"value": value})
+    )
+
+
+def claim_setting(session: Session, *, key: str, expected: str | None, value: str) -> bool:
+    """Compare-and-set, for once-a-day duties that several processes may attempt."""
+    if expected is None:
+        stmt = _insert(session, Setting).values(key=key, value=value)
+        return _inserted(session, stmt.on_conflict_do_nothing().returning(Setting.key))
+    result = session.execute(
+        update(Setting).where(Setting.key == key, Setting.value == expected).values(value=value)
+    )
+    return result.rowcount == 1

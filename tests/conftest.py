@@ -1,0 +1,80 @@
+"""Shared fixtures: real databases (a SQLite file per test; a fresh PostgreSQL schema
+per test where TEST_DATABASE_URL is set), polling helpers."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from storage.db import make_engine, migrate, normalise_url
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SNAPBOT_SHARED_DIR", ROOT.parent / "shared"))
+PG_URL = os.environ.get("TEST_DATABASE_URL")
+
+requires_pg = pytest.mark.skipif(
+    not PG_URL, reason="TEST_DATABASE_URL is not set: PostgreSQL tests need a database (.ci/run sets it)"
+)
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02, what: str = ""):
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'snapbot.db'}"
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a schema of its own, dropped afterwards."""
+    if not PG_URL:
+        pytest.skip("TEST_DATABASE_URL is not set: PostgreSQL tests need a database (.ci/run sets it)")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(normalise_url(PG_URL), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in PG_URL else "?"
+    yield f"{normalise_url(PG_URL)}{sep}options=-csearch_path%3D{schema}"
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request) -> str:
+    """Both databases: the same test runs on a SQLite file and on PostgreSQL."""
+    if request.param == "sqlite":
+        return request.getfixturevalue("sqlite_url")
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def engine(db_url):
+    eng = make_engine(db_url)
+    migrate(eng)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def sqlite_engine(sqlite_url):
+    eng = make_engine(sqlite_url)
+    migrate(eng)
+    yield eng
+    eng.dispose()

@@ -1,0 +1,122 @@
+import threading
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import inspect, select
+
+from bot.core import audit_chain
+from storage import repositories as repo
+from storage.db import make_engine, migrate, session_scope
+from storage.tables import AuditEvent
+
+
+def now():
+    return datetime.now(UTC)
+
+
+def test_migrations_run_from_empty_twice_in_a_row(db_url):
+    eng = make_engine(db_url)
+    migrate(eng)
+    migrate(eng)
+    tables = set(inspect(eng).get_table_names())
+    assert {"audit_event", "audit_head", "restore_request", "approval", "watch", "lease", "job",
+            "outbox", "slack_delivery", "alembic_version"} <= tables
+    with session_scope(eng) as s:
+        assert repo.audit_head(s) == (0, audit_chain.GENESIS_HASH)
+    eng.dispose()
+
+
+def test_processes_starting_together_all_migrate(db_url):
+    # Several replicas on an empty database: the lock serialises them, all succeed.
+    errors = []
+
+    def start():
+        try:
+            eng = make_engine(db_url)
+            migrate(eng)
+            eng.dispose()
+        except Exception as exc:  # pragma: no cover - the assertion shows it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_times_come_back_utc_aware(engine):
+    t = datetime(2025, 1, 15, 18, 30, 0, 123456, tzinfo=UTC)
+    with session_scope(engine) as s:
+        repo.append_audit(s, now=t, action="x", outcome="ok")
+    with session_scope(engine) as s:
+        row = s.execute(select(AuditEvent)).scalar_one()
+    assert row.at == t and row.at.tzinfo is not None
+
+
+def test_lease_is_held_by_one_owner_until_it_lapses_or_is_released(engine):
+    t0 = now()
+    ttl = timedelta(seconds=10)
+    with session_scope(engine) as s:
+        assert repo.acquire_lease(s, name="duties", owner="a", now=t0, ttl=ttl)
+    with session_scope(engine) as s:
+        assert not repo.acquire_lease(s, name="duties", owner="b", now=t0 + timedelta(seconds=5), ttl=ttl)
+        assert repo.acquire_lease(s, name="duties", owner="a", now=t0 + timedelta(seconds=5), ttl=ttl)
+    with session_scope(engine) as s:
+        assert repo.acquire_lease(s, name="duties", owner="b", now=t0 + timedelta(seconds=16), ttl=ttl)
+        assert repo.lease_holder(s, name="duties", now=t0 + timedelta(seconds=16)) == "b"
+    with session_scope(engine) as s:
+        assert repo.release_lease(s, name="duties", owner="b", now=t0 + timedelta(seconds=17))
+        assert repo.acquire_lease(s, name="duties", owner="a", now=t0 + timedelta(seconds=17), ttl=ttl)
+
+
+def test_a_delivery_is_recorded_once(engine):
+    with session_scope(engine) as s:
+        assert repo.record_delivery(s, key="k1", now=now())
+    with session_scope(engine) as s:
+        assert not repo.record_delivery(s, key="k1", now=now())
+
+
+def test_job_is_claimed_by_one_worker_and_orphans_are_reclaimed(engine):
+    t0 = now()
+    lease = timedelta(seconds=30)
+    with session_scope(engine) as s:
+        jid = repo.enqueue_job(s, kind="command", payload={"a": 1}, owner="p1", now=t0, lease=lease)
+    with session_scope(engine) as s:
+        assert repo.claim_job(s, job_id=jid, owner="p2", now=t0, lease=lease) is None
+        job = repo.claim_job(s, job_id=jid, owner="p1", now=t0, lease=lease)
+        assert job is not None and job.attempts == 1
+    later = t0 + timedelta(seconds=31)
+    with session_scope(engine) as s:
+        assert repo.orphaned_jobs(s, now=later) == [jid]
+        job = repo.claim_job(s, job_id=jid, owner="p2", now=later, lease=lease)
+        assert job.attempts == 2 and job.owner == "p2"
+
+
+def test_outbox_key_queues_once_and_claim_is_exclusive(engine):
+    t0 = now()
+    with session_scope(engine) as s:
+        mid = repo.enqueue_message(s, method="chat.postMessage", payload={"text": "x"}, now=t0, key="w1")
+        assert repo.enqueue_message(s, method="chat.postMessage", payload={"text": "x"}, now=t0, key="w1") is None
+    with session_scope(engine) as s:
+        assert repo.claim_message(s, message_id=mid, owner="a", now=t0, lease=timedelta(seconds=30))
+    with session_scope(engine) as s:
+        assert repo.claim_message(s, message_id=mid, owner="b", now=t0, lease=timedelta(seconds=30)) is None
+
+
+def test_concurrent_audit_appends_keep_one_chain(engine):
+    def work(n):
+        for i in range(40):
+            with session_scope(engine) as s:
+                repo.append_audit(s, now=now(), action="t", outcome="ok", actor=f"U{n}", detail=str(i))
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    result = audit_chain.verify_rows(repo.stream_audit_rows(engine, batch=50), None)
+    assert result.ok, result.broken
+    assert result.rows == 320
+    with session_scope(engine) as s:
+        assert repo.audit_head(s) == (320, result.head_hash)

@@ -1,0 +1,1 @@
+from bot.devtools.blockkit_check import *  # noqa: F403  (the implementation ships in the package)

@@ -1,0 +1,1 @@
+from bot.devtools.slack_signing import *  # noqa: F403  (the implementation ships in the package)

@@ -83,9 +83,7 @@ def session_scope(engine: Engine, *, readonly: bool = False) -> Iterator[Session
     session = Session(bind=bind, expire_on_commit=False)
     try:
         yield session
-        if readonly:
-            session.rollback()
-        else:
+        if not readonly:  # a read-only scope just closes: its rows stay loaded, not expired
             session.commit()
     except BaseException:
         session.rollback()

@@ -472,12 +472,27 @@ def mark_message_retry(
     )
 
 
+def defer_message(session: Session, *, message_id: int, next_attempt_at: datetime) -> None:
+    """Put a claimed message back without counting the attempt (it waits for its parent)."""
+    session.execute(
+        update(Outbox)
+        .where(Outbox.id == message_id)
+        .values(next_attempt_at=next_attempt_at, lease_until=None, attempts=Outbox.attempts - 1)
+    )
+
+
 def mark_message_failed(session: Session, *, message_id: int, now: datetime, error: str) -> None:
     session.execute(
         update(Outbox)
         .where(Outbox.id == message_id)
         .values(state="failed", error=error[:500], sent_at=now, lease_until=None)
     )
+
+
+def message_by_key(session: Session, *, key: str) -> tuple[str | None, str | None]:
+    """(state, ts) of the message queued under ``key``; (None, None) when there is none."""
+    row = session.execute(select(Outbox.state, Outbox.result_ts).where(Outbox.key == key)).first()
+    return (row[0], row[1]) if row else (None, None)
 
 
 def count_messages(session: Session, *, state: str) -> int:

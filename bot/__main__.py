@@ -1,0 +1,172 @@
+"""snapbot's command line: serve | demo | shell | audit verify|export | vps-sim.
+
+Parsing only; each command calls into the package."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from datetime import UTC, datetime
+
+from bot.config import load_or_exit
+
+COMMANDS = ("serve", "demo", "shell", "audit", "vps-sim")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="snapbot", description="Slack chat-ops bot for VPS snapshots."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser(
+        "serve",
+        help="run the bot: HTTP (gunicorn) or Socket Mode when SLACK_APP_TOKEN is set",
+        description="Run the bot: the HTTP server on $HOST:$PORT, or Socket Mode when SLACK_APP_TOKEN "
+        "is set. Also runs the snapshot watcher.",
+    )
+    demo = sub.add_parser(
+        "demo",
+        help="play an incident end to end, offline, and print the transcript",
+        description="Start the provider simulator, a local Slack stand-in and the real app, "
+        "play an incident and print the channel. Exit 0 only if every step worked.",
+    )
+    demo.add_argument(
+        "--keep-running", action="store_true", help="leave the stack up and print its URLs"
+    )
+    shell = sub.add_parser(
+        "shell",
+        help="chat with snapbot locally: type /snapshot commands, press buttons",
+        description="An interactive local chat against the same stack as the demo.",
+    )
+    shell.add_argument(
+        "--user", default="U1", help="the Slack user you start as (switch with /as U2)"
+    )
+    audit = sub.add_parser(
+        "audit",
+        help="verify or export the audit log",
+        description="Verify the audit log's hash chain, or export it.",
+    )
+    audit_sub = audit.add_subparsers(dest="audit_command", metavar="ACTION")
+    verify = audit_sub.add_parser(
+        "verify",
+        help="check the hash chain; exit 1 naming the first broken row",
+        description="Check the audit log's hash chain (and a checkpoint).",
+    )
+    verify.add_argument(
+        "--checkpoint", metavar="COUNT:HASH", help="prove the log still extends this checkpoint"
+    )
+    export = audit_sub.add_parser(
+        "export",
+        help="write the audit log to stdout as JSON lines or CSV",
+        description="Write the audit log to stdout, streaming.",
+    )
+    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    export.add_argument("--since", metavar="ISO", help="only rows at or after this UTC time")
+    export.add_argument("--actor", metavar="U…", help="only rows of this Slack user")
+    sub.add_parser(
+        "vps-sim",
+        help="serve the provider simulator (vps-api.md) on 127.0.0.1:$PORT",
+        description="Serve the provider simulator. See `snapbot vps-sim --help`.",
+        add_help=False,
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "vps-sim":
+        from bot.vps.simulator import main as sim_main
+
+        return sim_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    command = args.command or "serve"
+    if command == "serve":
+        return serve()
+    if command == "demo":
+        from bot.demo import run_demo
+
+        return run_demo(keep_running=args.keep_running)
+    if command == "shell":
+        from bot.shell import run_shell
+
+        return run_shell(user=args.user)
+    if command == "audit":
+        return audit(args)
+    return 2
+
+
+def serve() -> int:
+    settings = load_or_exit()
+    from bot.logs import configure_logging
+
+    configure_logging(settings.log_level, secrets=settings.secrets())
+    if settings.socket_mode:
+        from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+        from bot.runtime import build_runtime
+
+        runtime = build_runtime(settings)
+        handler = SocketModeHandler(runtime.app, settings.slack_app_token)
+
+        def stop(*_):
+            runtime.stop()
+            handler.close()
+            sys.exit(0)
+
+        signal.signal(signal.SIGTERM, stop)
+        handler.start()
+        return 0
+    from bot.server import run_gunicorn
+
+    return run_gunicorn(settings)
+
+
+def audit(args) -> int:
+    from bot.audit_tools import export, verify
+    from bot.core.audit_chain import parse_checkpoint
+    from storage.db import make_engine, migrate
+
+    settings = load_or_exit(require_slack=False)
+    engine = make_engine(settings.database_url)
+    migrate(engine)
+    key = settings.audit_key.encode() if settings.audit_key else None
+    if args.audit_command == "verify":
+        checkpoint = None
+        if args.checkpoint:
+            try:
+                checkpoint = parse_checkpoint(args.checkpoint)
+            except ValueError as exc:
+                print(f"snapbot audit verify: {exc}", file=sys.stderr)
+                return 2
+        result = verify(engine, key, checkpoint=checkpoint)
+        if result.ok:
+            print(f"audit log intact: {result.rows} rows, head {result.head_hash}")
+            return 0
+        print(
+            f"audit log BROKEN at row {result.broken.row_id}: {result.broken.why} "
+            f"({result.rows} rows verified before it)",
+            file=sys.stderr,
+        )
+        return 1
+    if args.audit_command == "export":
+        since = None
+        if args.since:
+            try:
+                since = datetime.fromisoformat(args.since.replace("Z", "+00:00"))
+            except ValueError:
+                print(
+                    "snapbot audit export: --since must be an ISO time, e.g. 2025-01-15T00:00:00Z",
+                    file=sys.stderr,
+                )
+                return 2
+            if since.tzinfo is None:
+                since = since.replace(tzinfo=UTC)
+        export(engine, sys.stdout, fmt=args.format, since=since, actor=args.actor)
+        return 0
+    print("usage: snapbot audit {verify,export} …", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

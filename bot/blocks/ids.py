@@ -1,0 +1,21 @@
+"""Every action_id and callback_id, shared by the builders and the listener registry."""
+
+RESTORE_OPEN = "snapshot_restore_open"  # "Restore…" on a listed snapshot
+DELETE_OPEN = "snapshot_delete_open"  # "Delete…" on a listed snapshot, or "delete the oldest"
+DELETE_CONFIRM = "snapshot_delete_confirm"
+DELETE_CANCEL = "snapshot_delete_cancel"
+APPROVE = "restore_approve"
+REJECT = "restore_reject"
+LIST_MORE = "snapshot_list_more"
+
+ACTION_IDS = (RESTORE_OPEN, DELETE_OPEN, DELETE_CONFIRM, DELETE_CANCEL, APPROVE, REJECT, LIST_MORE)
+
+CREATE_MODAL = "snapshot_create_modal"
+CREATE_SERVER_BLOCK = "server"
+CREATE_SERVER_ACTION = "server_value"
+CREATE_NAME_BLOCK = "name"
+CREATE_NAME_ACTION = "name_value"
+CREATE_DESCRIPTION_BLOCK = "description"
+CREATE_DESCRIPTION_ACTION = "description_value"
+
+VIEW_CALLBACK_IDS = (CREATE_MODAL,)

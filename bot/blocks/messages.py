@@ -1,0 +1,451 @@
+"""Block Kit builders: pure functions from domain values to message payloads.
+
+Each returns ``{"text": fallback, "blocks": [...]}`` built with ``slack_sdk.models``
+(whose ``to_dict()`` checks Slack's per-element limits); the 50-blocks cap, which
+slack_sdk does not check, is kept here by construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+from slack_sdk.models.blocks import (
+    ActionsBlock,
+    Block,
+    ButtonElement,
+    ConfirmObject,
+    ContextBlock,
+    DividerBlock,
+    HeaderBlock,
+    InputBlock,
+    MarkdownTextObject,
+    Option,
+    PlainTextInputElement,
+    PlainTextObject,
+    SectionBlock,
+    StaticSelectElement,
+)
+from slack_sdk.models.views import View
+
+from bot.blocks import ids
+from bot.blocks.format import age, clip, escape, mention, size, span, when
+
+MAX_BLOCKS = 50
+MAX_LISTED = 20  # 2 blocks per snapshot + header/context: well under the cap
+SECTION_LIMIT = 3000
+CREATE_ESTIMATE = "Snapshot is being created. This may take 3-10 minutes depending on server size."
+RUNNING_SERVER_ADVICE = (
+    "Snapshotting a running server may give an inconsistent filesystem; "
+    "for critical snapshots, stop the server first."
+)
+STATUS_ICON = {"completed": ":white_check_mark:", "in_progress": ":hourglass_flowing_sand:"}
+
+
+def _payload(text: str, blocks: Sequence[Block]) -> dict:
+    assert len(blocks) <= MAX_BLOCKS, "a message may carry at most 50 blocks"
+    return {"text": clip(text, 3000), "blocks": [b.to_dict() for b in blocks]}
+
+
+def _md(text: str) -> MarkdownTextObject:
+    return MarkdownTextObject(text=clip(text, SECTION_LIMIT))
+
+
+def _section(text: str) -> SectionBlock:
+    return SectionBlock(text=_md(text))
+
+
+def _context(text: str) -> ContextBlock:
+    return ContextBlock(elements=[_md(clip(text, 2000))])
+
+
+def _status(status: str) -> str:
+    return f"{STATUS_ICON.get(status, ':x:')} {escape(status)}"
+
+
+# --- plain answers -------------------------------------------------------------------
+
+
+def text_message(text: str) -> dict:
+    return _payload(text, [_section(text)])
+
+
+def usage_message(usage: str, problem: str | None = None) -> dict:
+    blocks: list[Block] = []
+    if problem:
+        blocks.append(_section(f":warning: {escape(problem)}"))
+    blocks.append(_section("```" + usage + "```"))
+    return _payload((problem + "\n" if problem else "") + usage, blocks)
+
+
+def error_message(text: str) -> dict:
+    return _payload(text, [_section(f":x: {text}")])
+
+
+# --- list --------------------------------------------------------------------------------
+
+
+def snapshot_list(snapshots: Sequence, now: datetime, *, scope: str) -> dict:
+    """Newest first; at most MAX_LISTED shown, with a count of the rest."""
+    ordered = sorted(snapshots, key=lambda s: (s.created_at or now, s.id), reverse=True)
+    shown = ordered[:MAX_LISTED]
+    blocks: list[Block] = [
+        HeaderBlock(text=PlainTextObject(text=clip(f"Snapshots — {scope}", 150)))
+    ]
+    if not ordered:
+        blocks.append(_section(f"No snapshots for {escape(scope)}."))
+    for snap in shown:
+        server = snap.server
+        lines = [
+            f"*{escape(snap.name)}*  (id `{snap.id}`)",
+            f"{escape(server.name) or 'server'} (`{server.id}`) · {_status(snap.status)} · "
+            f"{size(snap.size_mb)} · {age(snap.created_at, now)} old ({when(snap.created_at)})",
+        ]
+        if snap.description:
+            lines.append(f"_{escape(clip(snap.description, 500))}_")
+        blocks.append(_section("\n".join(lines)))
+        blocks.append(
+            ActionsBlock(
+                block_id=f"snap_{snap.id}",
+                elements=[
+                    ButtonElement(
+                        text="Restore…",
+                        action_id=ids.RESTORE_OPEN,
+                        value=str(snap.id),
+                        style="danger",
+                    ),
+                    ButtonElement(text="Delete…", action_id=ids.DELETE_OPEN, value=str(snap.id)),
+                ],
+            )
+        )
+    rest = len(ordered) - len(shown)
+    footer = f"{len(ordered)} snapshot(s)"
+    if rest:
+        footer += f"; the {rest} oldest are not shown — narrow it with `/snapshot list <server>`"
+    blocks.append(_context(footer))
+    text = f"{len(ordered)} snapshot(s) for {scope}"
+    return _payload(text, blocks)
+
+
+# --- create --------------------------------------------------------------------------------
+
+
+def create_message(
+    *,
+    server_name: str,
+    server_id: int,
+    name: str,
+    requester: str,
+    state: str,
+    detail: str = "",
+    snapshot_id: int | None = None,
+) -> dict:
+    """The channel message a create lives in; its ts anchors the threaded updates."""
+    ident = f" (id `{snapshot_id}`)" if snapshot_id else ""
+    head = {
+        "starting": f":hourglass: {mention(requester)} is creating snapshot *{escape(name)}* of "
+        f"*{escape(server_name)}* (`{server_id}`)…",
+        "in_progress": f":hourglass_flowing_sand: Snapshot *{escape(name)}*{ident} of *{escape(server_name)}* "
+        f"(`{server_id}`) is being created, requested by {mention(requester)}.",
+        "completed": f":white_check_mark: Snapshot *{escape(name)}*{ident} of *{escape(server_name)}* is ready.",
+        "failed": f":x: Snapshot *{escape(name)}*{ident} of *{escape(server_name)}* failed.",
+        "gone": f":grey_question: Snapshot *{escape(name)}*{ident} of *{escape(server_name)}* disappeared "
+        "from the provider's list.",
+        "stuck": f":warning: Snapshot *{escape(name)}*{ident} of *{escape(server_name)}* is taking far longer than usual.",
+        "error": f":x: Snapshot *{escape(name)}* of *{escape(server_name)}* was not created.",
+    }.get(state, f"Snapshot *{escape(name)}*: {escape(state)}")
+    blocks: list[Block] = [_section(head)]
+    if detail:
+        blocks.append(_context(detail))
+    return _payload(head, blocks)
+
+
+def create_thread_reply(
+    *, status: str, name: str, requester: str, size_mb: int | None, duration, snapshot_id: int
+) -> dict:
+    if status == "completed":
+        text = (
+            f":white_check_mark: {mention(requester)} snapshot *{escape(name)}* (id `{snapshot_id}`) "
+            f"completed: {size(size_mb)} in {span(duration)}."
+        )
+    elif status == "gone":
+        text = (
+            f":grey_question: {mention(requester)} snapshot *{escape(name)}* (id `{snapshot_id}`) is gone: "
+            f"it disappeared from the provider's list after {span(duration)}."
+        )
+    elif status == "stuck":
+        text = (
+            f":warning: {mention(requester)} snapshot *{escape(name)}* (id `{snapshot_id}`) is still "
+            f"in progress after {span(duration)}; snapbot stops watching it. Check the provider."
+        )
+    else:
+        text = (
+            f":x: {mention(requester)} snapshot *{escape(name)}* (id `{snapshot_id}`) ended with status "
+            f"*{escape(status)}* after {span(duration)}."
+        )
+    return _payload(text, [_section(text)])
+
+
+def limit_reached(text: str, oldest_id: int, oldest_name: str) -> dict:
+    return _payload(
+        text,
+        [
+            _section(f":no_entry: {text}"),
+            ActionsBlock(
+                block_id="limit",
+                elements=[
+                    ButtonElement(
+                        text=clip(f"Delete {oldest_name}…", 75),
+                        action_id=ids.DELETE_OPEN,
+                        value=str(oldest_id),
+                    )
+                ],
+            ),
+        ],
+    )
+
+
+def create_modal(
+    *, channel: str, servers: Iterable[tuple[int, str]] | None, note: str = ""
+) -> dict:
+    """The create modal. With ``servers`` a picker; without (still loading, or the
+    provider failed) a text field that takes an ID or a name."""
+    servers = list(servers or [])
+    if servers:
+        server_input = StaticSelectElement(
+            action_id=ids.CREATE_SERVER_ACTION,
+            placeholder="Choose a server",
+            options=[
+                Option(text=clip(f"{name} ({sid})", 75), value=str(sid))
+                for sid, name in servers[:100]
+            ],
+        )
+    else:
+        server_input = PlainTextInputElement(
+            action_id=ids.CREATE_SERVER_ACTION, placeholder="Server ID or name, e.g. web-server-01"
+        )
+    blocks: list[Block] = []
+    if note:
+        blocks.append(_context(note))
+    blocks += [
+        InputBlock(block_id=ids.CREATE_SERVER_BLOCK, label="Server", element=server_input),
+        InputBlock(
+            block_id=ids.CREATE_NAME_BLOCK,
+            label="Snapshot name",
+            hint="Letters, digits, hyphens and underscores.",
+            element=PlainTextInputElement(action_id=ids.CREATE_NAME_ACTION, max_length=100),
+        ),
+        InputBlock(
+            block_id=ids.CREATE_DESCRIPTION_BLOCK,
+            label="Description",
+            optional=True,
+            element=PlainTextInputElement(action_id=ids.CREATE_DESCRIPTION_ACTION, max_length=500),
+        ),
+        _context(RUNNING_SERVER_ADVICE),
+    ]
+    view = View(
+        type="modal",
+        callback_id=ids.CREATE_MODAL,
+        title="Create a snapshot",
+        submit="Create",
+        close="Cancel",
+        private_metadata=channel,
+        blocks=blocks,
+    )
+    return view.to_dict()
+
+
+# --- delete --------------------------------------------------------------------------------
+
+
+def delete_prompt(snapshot, user: str, now: datetime) -> dict:
+    text = (
+        f"Delete snapshot *{escape(snapshot.name)}* (id `{snapshot.id}`) of "
+        f"*{escape(snapshot.server.name)}*, taken {when(snapshot.created_at)} "
+        f"({age(snapshot.created_at, now)} ago)? This is permanent."
+    )
+    value = f"{snapshot.id}:{user}"
+    return _payload(
+        f"Delete snapshot {snapshot.name}?",
+        [
+            _section(":wastebasket: " + text),
+            ActionsBlock(
+                block_id=f"delete_{snapshot.id}",
+                elements=[
+                    ButtonElement(
+                        text="Delete",
+                        action_id=ids.DELETE_CONFIRM,
+                        value=value,
+                        style="danger",
+                        confirm=ConfirmObject(
+                            title="Delete this snapshot?",
+                            text=clip(f"{snapshot.name} will be deleted for good.", 300),
+                            confirm="Delete",
+                            deny="Keep it",
+                        ),
+                    ),
+                    ButtonElement(text="Cancel", action_id=ids.DELETE_CANCEL, value=value),
+                ],
+            ),
+        ],
+    )
+
+
+# --- restore requests --------------------------------------------------------------------------
+
+
+OUTCOME_LINES = {
+    "approved": ":arrow_forward: Approved by {who}; restoring.",
+    "executing": ":arrow_forward: Approved by {who}; restoring.",
+    "succeeded": ":arrows_counterclockwise: Approved by {who}; the provider is restoring the server.",
+    "failed": ":x: Approved by {who}; the restore failed: {detail}",
+    "interrupted": ":warning: Approved by {who}; the restore call was interrupted: {detail}",
+    "rejected": ":no_entry_sign: Rejected by {who}.",
+    "cancelled": ":no_entry_sign: Cancelled by the requester {who}.",
+    "expired": ":hourglass: Expired: nobody decided before {expiry}.",
+}
+
+
+def restore_request(req, approvals: Iterable[str], now: datetime) -> dict:
+    """The request message in the channel; rebuilt from the stored request each time
+    it changes (chat.update), so it always shows the outcome and who decided."""
+    loss_since = req.snapshot_created_at
+    lost = (
+        f"everything written to *{escape(req.server_name)}* since {when(loss_since)}, "
+        f"{age(loss_since, now)}"
+        if loss_since
+        else f"everything written to *{escape(req.server_name)}* since the snapshot was taken"
+    )
+    approvals = sorted(approvals)
+    head = (
+        f":rotating_light: *Restore request #{req.id}*: {mention(req.requester)} wants to restore "
+        f"*{escape(req.server_name)}* (`{req.server_id}`) from snapshot *{escape(req.snapshot_name)}* "
+        f"(id `{req.snapshot_id}`, taken {when(req.snapshot_created_at)}, "
+        f"{age(req.snapshot_created_at, now)} ago)."
+    )
+    body = (
+        f"*Reason:* {escape(req.reason) or '_none given_'}\n"
+        f":warning: All current data on the server is overwritten; this cannot be undone. "
+        f"Lost: {lost}."
+    )
+    blocks: list[Block] = [_section(head), _section(body)]
+    needed = req.required_approvals
+    if req.state == "pending":
+        got = ", ".join(mention(a) for a in approvals) or "none yet"
+        blocks.append(
+            _context(
+                f"Needs {needed} approval(s) from someone other than the requester · approvals: {got} · "
+                f"expires {when(req.expires_at)}"
+            )
+        )
+        blocks.append(
+            ActionsBlock(
+                block_id=f"request_{req.id}",
+                elements=[
+                    ButtonElement(
+                        text="Approve",
+                        action_id=ids.APPROVE,
+                        value=str(req.id),
+                        style="danger",
+                        confirm=ConfirmObject(
+                            title="Approve this restore?",
+                            text=clip(
+                                f"{req.server_name} will be overwritten with snapshot {req.snapshot_name}.",
+                                300,
+                            ),
+                            confirm="Approve",
+                            deny="Not yet",
+                        ),
+                    ),
+                    ButtonElement(text="Reject", action_id=ids.REJECT, value=str(req.id)),
+                ],
+            )
+        )
+    else:
+        who = (
+            ", ".join(mention(a) for a in approvals)
+            if req.state in {"approved", "executing", "succeeded", "failed", "interrupted"}
+            and approvals
+            else mention(req.decided_by)
+        )
+        line = OUTCOME_LINES.get(req.state, "{detail}").format(
+            who=who, detail=escape(req.outcome_detail) or req.state, expiry=when(req.expires_at)
+        )
+        blocks.append(_section(line))
+    return _payload(
+        f"Restore request #{req.id} ({req.state}): {req.server_name} from {req.snapshot_name}",
+        blocks,
+    )
+
+
+def thread_note(text: str) -> dict:
+    return _payload(text, [_section(text)])
+
+
+def incident_notice(text: str, link: str | None) -> dict:
+    full = text + (f" <{link}|View the request>" if link else "")
+    return _payload(text, [_section(full)])
+
+
+# --- audit and pending -------------------------------------------------------------------------
+
+
+def audit_list(events: Sequence) -> dict:
+    if not events:
+        return text_message("The audit log is empty.")
+    icon = {"ok": ":white_check_mark:", "denied": ":no_entry:", "error": ":x:"}
+    lines = []
+    for e in events:
+        actor = mention(e.actor) if e.actor else "snapbot"
+        target = f" `{escape(e.target)}`" if e.target else ""
+        detail = f" — {escape(clip(e.detail, 120))}" if e.detail else ""
+        lines.append(
+            f"{icon.get(e.outcome, '')} #{e.id} {when(e.at)} {actor} *{escape(e.action)}*{target}{detail}"
+        )
+    blocks: list[Block] = [
+        HeaderBlock(text=PlainTextObject(text=f"Audit log — last {len(events)} event(s)"))
+    ]
+    chunk: list[str] = []
+    for line in lines:  # pack lines into sections of at most 3000 characters
+        if sum(len(x) + 1 for x in chunk) + len(line) > SECTION_LIMIT - 10 or len(chunk) >= 40:
+            blocks.append(_section("\n".join(chunk)))
+            chunk = []
+        chunk.append(line)
+        if len(blocks) >= MAX_BLOCKS - 2:
+            break
+    if chunk and len(blocks) < MAX_BLOCKS - 1:
+        blocks.append(_section("\n".join(chunk)))
+    shown = sum(b.text.text.count("\n") + 1 for b in blocks if isinstance(b, SectionBlock))
+    if shown < len(lines):
+        blocks.append(
+            _context(f"{len(lines) - shown} older event(s) not shown; use `snapbot audit export`.")
+        )
+    return _payload(f"Audit log: last {len(events)} event(s)", blocks)
+
+
+def pending_list(requests: Sequence, watches: Sequence, now: datetime) -> dict:
+    blocks: list[Block] = [HeaderBlock(text=PlainTextObject(text="Pending work"))]
+    if not requests and not watches:
+        blocks.append(
+            _section("Nothing is pending: no open restore requests, no snapshots being watched.")
+        )
+    req_lines = [
+        f"#{r.id} {r.state}: restore *{escape(r.server_name)}* from *{escape(r.snapshot_name)}* "
+        f"(id `{r.snapshot_id}`), asked by {mention(r.requester)}"
+        + (f", expires {when(r.expires_at)}" if r.state == "pending" else "")
+        for r in requests
+    ]
+    watch_lines = [
+        f"{'snapshot' if w.kind == 'snapshot' else 'restore of'} *{escape(w.snapshot_name)}* on "
+        f"*{escape(w.server_name)}*: {escape(w.last_status)} for {span(now - w.started_at)}"
+        for w in watches
+    ]
+    if req_lines:
+        blocks.append(_section(clip("*Restore requests*\n" + "\n".join(req_lines), SECTION_LIMIT)))
+    if watch_lines:
+        blocks.append(_section(clip("*Watched*\n" + "\n".join(watch_lines), SECTION_LIMIT)))
+    return _payload(f"{len(requests)} open request(s), {len(watches)} watched", blocks)
+
+
+def divider() -> dict:
+    return DividerBlock().to_dict()

@@ -1,0 +1,184 @@
+"""A whole snapbot on loopback: the provider simulator, the fake Slack Web API and the
+real app (build_runtime + the WSGI app) served over HTTP. The demo, the shell and
+the end-to-end tests drive it with requests signed exactly as Slack signs them.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import httpx
+
+from bot.config import Settings
+from bot.devtools.fake_slack import FakeSlack
+from bot.devtools.slack_signing import (
+    SlackClientSim,
+    button_press_body,
+    slash_command_body,
+    view_submission_body,
+)
+from bot.runtime import Runtime, build_runtime
+from bot.vps.simulator import SimHandle, start_simulator
+from bot.web import WebApp
+
+log = logging.getLogger(__name__)
+
+SIGNING_SECRET = "local-signing-secret-0123456789abcdef"
+BOT_TOKEN = "xoxb-local-bot-token"
+VPS_TOKEN = "local-vps-token"
+INCIDENT_CHANNEL = "CINCIDENT"
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args):
+        pass
+
+
+def serve_wsgi(app, host: str = "127.0.0.1", port: int = 0) -> tuple[WSGIServer, threading.Thread]:
+    server = make_server(
+        host, port, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler
+    )
+    thread = threading.Thread(target=server.serve_forever, name="snapbot-http", daemon=True)
+    thread.start()
+    return server, thread
+
+
+@dataclass
+class SlackUser:
+    """One person in the fake workspace: types commands, presses buttons."""
+
+    stack: LocalStack
+    user_id: str
+    channel: str = "C1"
+
+    def command(self, text: str, *, channel: str | None = None, **kw) -> httpx.Response:
+        channel = channel or self.channel
+        fake = self.stack.slack
+        body = slash_command_body(
+            text,
+            user_id=self.user_id,
+            channel_id=channel,
+            response_url=fake.response_url("command", channel=channel, user=self.user_id),
+            trigger_id=fake.new_trigger_id(),
+        )
+        return self.stack.client.post(body, **kw)
+
+    def press(self, message, action_id: str, *, value: str | None = None, **kw) -> httpx.Response:
+        fake = self.stack.slack
+        channel = getattr(message, "channel", None) or self.channel
+        ts = getattr(message, "ts", None) or getattr(message, "message_ts", None)
+        body = button_press_body(
+            message,
+            action_id,
+            value=value,
+            user_id=self.user_id,
+            response_url=fake.response_url(
+                "button", channel=channel, user=self.user_id, message_ts=ts
+            ),
+            trigger_id=fake.new_trigger_id(),
+        )
+        return self.stack.client.post(body, **kw)
+
+    def submit(
+        self, callback_id: str, values: dict, *, private_metadata: str = ""
+    ) -> httpx.Response:
+        body = view_submission_body(
+            callback_id,
+            values,
+            user_id=self.user_id,
+            private_metadata=private_metadata or self.channel,
+        )
+        return self.stack.client.post(body)
+
+
+@dataclass
+class LocalStack:
+    database_url: str | None = None
+    create_seconds: float = 2.0
+    restore_seconds: float = 2.0
+    poll_seconds: float = 0.5
+    settings_overrides: dict = field(default_factory=dict)
+    start_duties: bool = True
+
+    sim: SimHandle | None = None
+    slack: FakeSlack | None = None
+    runtime: Runtime | None = None
+    server: WSGIServer | None = None
+    url: str = ""
+    client: SlackClientSim | None = None
+    _tmp: tempfile.TemporaryDirectory | None = None
+
+    def start(self) -> LocalStack:
+        self.sim = start_simulator(
+            token=VPS_TOKEN,
+            create_seconds=self.create_seconds,
+            restore_seconds=self.restore_seconds,
+        )
+        self.slack = FakeSlack().start()
+        if self.database_url is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="snapbot-")
+            self.database_url = f"sqlite:///{Path(self._tmp.name) / 'snapbot.db'}"
+        values = {
+            "slack_bot_token": BOT_TOKEN,
+            "slack_signing_secret": SIGNING_SECRET,
+            "slack_api_url": self.slack.api_url,
+            "vps_api_url": self.sim.url,
+            "vps_api_token": VPS_TOKEN,
+            "database_url": self.database_url,
+            "incident_channel": INCIDENT_CHANNEL,
+            "poll_seconds": self.poll_seconds,
+            "audit_key": "local-audit-key-" + secrets.token_hex(8),
+        }
+        values.update(self.settings_overrides)
+        settings = Settings(**values)
+        self.runtime = build_runtime(
+            settings, start_duties=self.start_duties, poll_interval=self.poll_seconds
+        )
+        self.server, _ = serve_wsgi(WebApp(self.runtime))
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/slack/events"
+        self.client = SlackClientSim(self.url, SIGNING_SECRET)
+        return self
+
+    @property
+    def settings(self) -> Settings:
+        return self.runtime.settings
+
+    @property
+    def services(self):
+        return self.runtime.services
+
+    def user(self, user_id: str, channel: str = "C1") -> SlackUser:
+        return SlackUser(self, user_id, channel)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+        if self.runtime is not None:
+            self.runtime.stop()
+        if self.slack is not None:
+            self.slack.stop()
+        if self.sim is not None:
+            self.sim.stop()
+        if self.client is not None:
+            self.client.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from slack_bolt import Ack, App
+
+from bot.blocks import messages as msg
+from bot.core import commands as cmd
+from bot.services import Actor
+
+COMMAND = "/snapshot"
+WORKING = {
+    cmd.ListSnapshots: "Listing snapshots…",
+    cmd.CreateSnapshot: "Creating the snapshot…",
+    cmd.RequestRestore: "Opening a restore request…",
+    cmd.DeleteSnapshot: "Looking the snapshot up…",
+}
+
+
+def command_payload(body: dict) -> dict:
+    return {
+        "text": body.get("text", ""),
+        "user": body.get("user_id", ""),
+        "channel": body.get("channel_id", ""),
+        "team": body.get("team_id", ""),
+        "response_url": body.get("response_url"),
+        "trigger_id": body.get("trigger_id"),
+    }
+
+
+def register(app: App, services) -> None:
+    @app.command(COMMAND)
+    def snapshot_command(ack: Ack, body: dict) -> None:
+        payload = command_payload(body)
+        parsed = cmd.parse(payload["text"])
+        if isinstance(parsed, cmd.Help | cmd.UsageError):
+            # Pure and instant: answered in the ack itself.
+            problem = parsed.message if isinstance(parsed, cmd.UsageError) else None
+            services.record(
+                Actor.from_payload(payload),
+                "command.invalid" if problem else "command.help",
+                "denied" if problem else "ok",
+                detail=problem or "",
+            )
+            ack(**msg.usage_message(cmd.USAGE, problem))
+            return
+        services.accept("command", payload)
+        working = WORKING.get(type(parsed))
+        if working:
+            ack(text=f":hourglass_flowing_sand: {working}")
+        else:
+            ack()

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from slack_bolt import Ack, App
+
+from bot.blocks import ids
+from bot.core import commands as cmd
+
+
+def _value(state: dict, block: str, action: str) -> str:
+    field = (state.get(block) or {}).get(action) or {}
+    selected = field.get("selected_option") or {}
+    return str(selected.get("value") or field.get("value") or "").strip()
+
+
+def register(app: App, services) -> None:
+    @app.view(ids.CREATE_MODAL)
+    def create_submitted(ack: Ack, body: dict, view: dict) -> None:
+        state = (view.get("state") or {}).get("values") or {}
+        server = _value(state, ids.CREATE_SERVER_BLOCK, ids.CREATE_SERVER_ACTION)
+        name = _value(state, ids.CREATE_NAME_BLOCK, ids.CREATE_NAME_ACTION)
+        description = _value(state, ids.CREATE_DESCRIPTION_BLOCK, ids.CREATE_DESCRIPTION_ACTION)
+        errors = {}
+        parsed = cmd.parse_server(server)
+        if isinstance(parsed, cmd.UsageError):
+            errors[ids.CREATE_SERVER_BLOCK] = parsed.message
+        if (problem := cmd.snapshot_name_problem(name)) is not None:
+            errors[ids.CREATE_NAME_BLOCK] = problem
+        if errors:
+            ack(response_action="errors", errors=errors)
+            return
+        services.accept(
+            "create_view",
+            {
+                "user": (body.get("user") or {}).get("id", ""),
+                "team": (body.get("team") or {}).get("id", ""),
+                "channel": view.get("private_metadata", ""),
+                "server": server,
+                "name": name,
+                "description": description,
+            },
+        )
+        ack()

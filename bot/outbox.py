@@ -1,0 +1,260 @@
+"""Slack messages that must not be lost.
+
+A message is a row first (queued in the same transaction as the state change it
+reports), then sent, then marked sent only after Slack accepted it. The thread that
+queued it sends it at once (``flush``); whatever that could not send, any process's
+pump sends later, one claim per message. A crash between Slack's answer and the
+mark can repeat a message once; it can never lose one.
+
+A payload may name another outbox message whose ``ts`` it needs (``thread_ts_from``,
+``ts_from``: the key of that message). It waits until that message is sent, so a
+thread reply never arrives before its parent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.webhook import WebhookClient
+from sqlalchemy import Engine
+
+from storage import repositories as repo
+from storage.db import session_scope
+
+log = logging.getLogger(__name__)
+
+CLAIM = timedelta(seconds=60)
+MAX_ATTEMPTS = 12
+WAIT_FOR_PARENT = timedelta(seconds=1)
+BACKOFF_CAP_S = 120.0
+# Slack errors that retrying cannot fix.
+PERMANENT = frozenset(
+    {
+        "channel_not_found",
+        "not_in_channel",
+        "is_archived",
+        "invalid_blocks",
+        "invalid_blocks_format",
+        "msg_too_long",
+        "no_text",
+        "message_not_found",
+        "cant_update_message",
+        "edit_window_closed",
+        "user_not_in_channel",
+        "invalid_auth",
+        "not_authed",
+        "account_inactive",
+        "token_revoked",
+        "missing_scope",
+        "used_url",
+        "expired_url",
+        "invalid_arguments",
+        "restricted_action",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    sent: bool
+    ts: str | None = None
+    error: str = ""
+    permanent: bool = False
+
+
+class Outbox:
+    def __init__(
+        self,
+        engine: Engine,
+        slack: WebClient,
+        *,
+        owner: str,
+        clock: Callable[[], datetime],
+        webhook_factory: Callable[[str], WebhookClient] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.slack = slack
+        self.owner = owner
+        self.clock = clock
+        self._webhook = webhook_factory or (lambda url: WebhookClient(url, timeout=10))
+
+    # --- queueing (inside the caller's unit of work) ---
+
+    def queue(self, session, method: str, payload: dict, *, key: str | None = None) -> int | None:
+        return repo.enqueue_message(
+            session, method=method, payload=payload, now=self.clock(), key=key
+        )
+
+    def post(
+        self,
+        session,
+        channel: str,
+        message: dict,
+        *,
+        key: str | None = None,
+        thread_from: str | None = None,
+        thread_ts: str | None = None,
+    ) -> int | None:
+        payload = {"channel": channel, **message, "unfurl_links": False}
+        if thread_from:
+            payload["thread_ts_from"] = thread_from
+        if thread_ts:
+            payload["thread_ts"] = thread_ts
+        return self.queue(session, "chat.postMessage", payload, key=key)
+
+    def update(
+        self,
+        session,
+        channel: str,
+        message: dict,
+        *,
+        ts: str | None = None,
+        ts_from: str | None = None,
+        key: str | None = None,
+    ) -> int | None:
+        payload = {"channel": channel, **message}
+        if ts:
+            payload["ts"] = ts
+        if ts_from:
+            payload["ts_from"] = ts_from
+        return self.queue(session, "chat.update", payload, key=key)
+
+    def respond(
+        self,
+        session,
+        *,
+        response_url: str | None,
+        channel: str,
+        user: str,
+        message: dict,
+        replace_original: bool = False,
+        key: str | None = None,
+    ) -> int | None:
+        """An answer only the actor sees: through response_url where Slack gave one,
+        else chat.postEphemeral."""
+        if response_url:
+            body = {"response_type": "ephemeral", **message}
+            if replace_original:
+                body["replace_original"] = True
+            return self.queue(session, "response_url", {"url": response_url, "body": body}, key=key)
+        return self.queue(
+            session, "chat.postEphemeral", {"channel": channel, "user": user, **message}, key=key
+        )
+
+    # --- sending ---
+
+    def flush(self, ids: Iterable[int | None]) -> list[Delivery]:
+        return [self.deliver(i) for i in ids if i is not None]
+
+    def pump(self, limit: int = 100) -> int:
+        with session_scope(self.engine, readonly=True) as s:
+            due = repo.due_messages(s, now=self.clock(), limit=limit)
+        return sum(1 for i in due if self.deliver(i).sent)
+
+    def ts_of(self, key: str) -> str | None:
+        """The ts Slack gave the message queued under ``key``, once it is sent."""
+        with session_scope(self.engine, readonly=True) as s:
+            return repo.message_by_key(s, key=key)[1]
+
+    def _parent(self, key: str) -> tuple[str | None, str | None]:
+        with session_scope(self.engine, readonly=True) as s:
+            return repo.message_by_key(s, key=key)
+
+    def deliver(self, message_id: int) -> Delivery:
+        with session_scope(self.engine) as s:
+            row = repo.claim_message(
+                s, message_id=message_id, owner=self.owner, now=self.clock(), lease=CLAIM
+            )
+            if row is None:
+                return Delivery(False, error="claimed elsewhere or not due")
+            method, payload, attempts = row.method, json.loads(row.payload), row.attempts
+        try:
+            payload = self._resolve(payload)
+        except _Waiting as waiting:
+            with session_scope(self.engine) as s:
+                repo.defer_message(
+                    s, message_id=message_id, next_attempt_at=self.clock() + WAIT_FOR_PARENT
+                )
+            return Delivery(False, error=f"waiting for {waiting}")
+        except _ParentFailed as failed:
+            result = Delivery(
+                False, error=f"parent message {failed} was never sent", permanent=True
+            )
+        else:
+            result = self._send(method, payload)
+        with session_scope(self.engine) as s:
+            if result.sent:
+                repo.mark_message_sent(s, message_id=message_id, now=self.clock(), ts=result.ts)
+            elif result.permanent or attempts >= MAX_ATTEMPTS:
+                log.warning(
+                    "slack %s dropped for good: %s (message %s)", method, result.error, message_id
+                )
+                repo.mark_message_failed(
+                    s, message_id=message_id, now=self.clock(), error=result.error
+                )
+            else:
+                delay = min(BACKOFF_CAP_S, 0.5 * 2 ** max(0, attempts - 1)) * (
+                    0.5 + random.random() / 2
+                )
+                repo.mark_message_retry(
+                    s,
+                    message_id=message_id,
+                    error=result.error,
+                    next_attempt_at=self.clock() + timedelta(seconds=delay),
+                )
+        return result
+
+    def _resolve(self, payload: dict) -> dict:
+        payload = dict(payload)
+        for field, target in (("thread_ts_from", "thread_ts"), ("ts_from", "ts")):
+            key = payload.pop(field, None)
+            if not key:
+                continue
+            state, ts = self._parent(key)
+            if ts is not None:
+                payload[target] = ts
+            elif state != "failed":
+                raise _Waiting(key)
+            elif target == "ts":
+                raise _ParentFailed(key)  # nothing to update
+            # a reply whose parent never made it is posted unthreaded rather than lost
+        return payload
+
+    def _send(self, method: str, payload: dict) -> Delivery:
+        try:
+            if method == "response_url":
+                resp = self._webhook(payload["url"]).send_dict(payload["body"])
+                if resp.status_code == 200:
+                    return Delivery(True)
+                permanent = resp.status_code in (403, 404, 410) or resp.body in (
+                    "used_url",
+                    "expired_url",
+                )
+                return Delivery(
+                    False,
+                    error=f"response_url {resp.status_code} {resp.body[:80]}",
+                    permanent=permanent,
+                )
+            resp = self.slack.api_call(method, json=payload)
+            return Delivery(True, ts=resp.get("ts") or resp.get("message_ts"))
+        except SlackApiError as exc:
+            error = exc.response.get("error", "") if exc.response is not None else ""
+            status = exc.response.status_code if exc.response is not None else 0
+            return Delivery(False, error=f"{error or status}", permanent=error in PERMANENT)
+        except (SlackClientError, OSError) as exc:
+            return Delivery(False, error=f"{type(exc).__name__}: {exc}"[:200])
+
+
+class _Waiting(Exception):
+    pass
+
+
+class _ParentFailed(Exception):
+    pass

@@ -1,0 +1,1298 @@
+"""Use cases: load -> decide (core) -> save -> call the provider -> notify.
+
+Listeners hand every acknowledged request to a job (bot/jobs.py); the handlers here
+do the work. Each step that must not be repeated is guarded by stored state:
+a conditional update for the restore, saved job progress for a create, a unique key
+for every message that must arrive (bot/outbox.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.http_retry.builtin_handlers import (
+    ConnectionErrorRetryHandler,
+    RateLimitErrorRetryHandler,
+)
+from sqlalchemy import Engine
+
+from bot.blocks import ids
+from bot.blocks import messages as msg
+from bot.blocks.format import age, mention, when
+from bot.config import Settings
+from bot.core import approval, authz
+from bot.core import commands as cmd
+from bot.core.errors import AlreadyOpen, LimitReached, NotAllowed, NotRestorable
+from bot.jobs import JobContext, JobRunner
+from bot.outbox import Outbox
+from bot.user_messages import describe
+from bot.vps.client import VpsClient
+from bot.vps.errors import VpsError, VpsNotFound, VpsUnavailable
+from bot.vps.models import Snapshot
+from storage import repositories as repo
+from storage.db import session_scope
+from storage.tables import RestoreRequest, Watch
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_LIMIT = 5
+RESTORE_USUALLY = "A restore usually takes 5-15 minutes."
+GROUP_CACHE_SECONDS = 60.0
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def make_owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def make_slack_client(settings: Settings) -> WebClient:
+    client = WebClient(token=settings.slack_bot_token, base_url=settings.slack_api_url, timeout=10)
+    # slack-sdk retries only connection errors by default; 429s are waited out too.
+    client.retry_handlers = [
+        ConnectionErrorRetryHandler(max_retry_count=2),
+        RateLimitErrorRetryHandler(max_retry_count=3),
+    ]
+    return client
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who acted and where, taken from what Slack sent (never from a button's value)."""
+
+    user: str
+    channel: str = ""
+    team: str = ""
+    response_url: str | None = None
+    trigger_id: str | None = None
+    message_ts: str | None = None
+
+    @classmethod
+    def from_payload(cls, p: dict) -> Actor:
+        return cls(
+            user=p.get("user", ""),
+            channel=p.get("channel", ""),
+            team=p.get("team", ""),
+            response_url=p.get("response_url"),
+            trigger_id=p.get("trigger_id"),
+            message_ts=p.get("message_ts"),
+        )
+
+
+class GroupCache:
+    """Members of Slack user groups (usergroups.users.list), cached briefly."""
+
+    def __init__(self, slack: WebClient, ttl: float = GROUP_CACHE_SECONDS) -> None:
+        self.slack = slack
+        self.ttl = ttl
+        self._cache: dict[str, tuple[float, frozenset[str]]] = {}
+        self._lock = threading.Lock()
+
+    def groups_of(self, user: str, allowed: authz.Allowed) -> frozenset[str]:
+        return frozenset(g for g in authz.groups_of(allowed) if user in self.members(g))
+
+    def members(self, group: str) -> frozenset[str]:
+        with self._lock:
+            hit = self._cache.get(group)
+        if hit and time.monotonic() - hit[0] < self.ttl:
+            return hit[1]
+        try:
+            users = frozenset(self.slack.usergroups_users_list(usergroup=group).get("users") or [])
+        except (SlackApiError, SlackClientError, OSError) as exc:
+            # Fail closed: an unknown membership grants nothing.
+            log.warning("could not read user group %s: %s", group, exc)
+            return hit[1] if hit else frozenset()
+        with self._lock:
+            self._cache[group] = (time.monotonic(), users)
+        return users
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    vps: VpsClient
+    slack: WebClient
+    clock: Callable[[], datetime] = utcnow
+    owner: str = field(default_factory=make_owner_id)
+    workers: int = 16
+
+    def __post_init__(self) -> None:
+        self.audit_key = self.settings.audit_key.encode() if self.settings.audit_key else None
+        self.groups = GroupCache(self.slack)
+        self.outbox = Outbox(self.engine, self.slack, owner=self.owner, clock=self.clock)
+        self.jobs = JobRunner(
+            self.engine,
+            owner=self.owner,
+            clock=self.clock,
+            workers=self.workers,
+            on_crash=self._job_crashed,
+        )
+        self.jobs.register("command", self.run_command)
+        self.jobs.register("action", self.run_action)
+        self.jobs.register("create_view", self.run_create_view)
+        self.policy = approval.Policy(
+            approvers=self.settings.snapshot_approvers,
+            required_approvals=self.settings.restore_approvals,
+            ttl=self.settings.approval_ttl,
+        )
+
+    # ------------------------------------------------------------------ plumbing
+
+    def audit(
+        self,
+        session,
+        actor: Actor | None,
+        action: str,
+        outcome: str,
+        *,
+        target: str = "",
+        detail: str = "",
+    ) -> None:
+        repo.append_audit(
+            session,
+            now=self.clock(),
+            action=action,
+            outcome=outcome,
+            actor=actor.user if actor else "",
+            team=actor.team if actor else "",
+            channel=actor.channel if actor else "",
+            target=target,
+            detail=detail[:1000],
+            key=self.audit_key,
+        )
+
+    def record(
+        self,
+        actor: Actor | None,
+        action: str,
+        outcome: str,
+        *,
+        target: str = "",
+        detail: str = "",
+        answer: dict | None = None,
+    ) -> None:
+        """Audit one event and, where given, answer the actor: one unit of work."""
+        with session_scope(self.engine) as s:
+            mid = None
+            if answer is not None and actor is not None:
+                mid = self.outbox.respond(
+                    s,
+                    response_url=actor.response_url,
+                    channel=actor.channel,
+                    user=actor.user,
+                    message=answer,
+                )
+            self.audit(s, actor, action, outcome, target=target, detail=detail)
+        self.outbox.flush([mid])
+
+    def answer(self, actor: Actor, message: dict, *, replace_original: bool = False) -> None:
+        with session_scope(self.engine) as s:
+            mid = self.outbox.respond(
+                s,
+                response_url=actor.response_url,
+                channel=actor.channel,
+                user=actor.user,
+                message=message,
+                replace_original=replace_original,
+            )
+        self.outbox.flush([mid])
+
+    def notify_incident(
+        self, session, text: str, *, link: str | None = None, key: str | None = None
+    ) -> int | None:
+        if not self.settings.incident_channel:
+            return None
+        return self.outbox.post(
+            session, self.settings.incident_channel, msg.incident_notice(text, link), key=key
+        )
+
+    def permalink(self, channel: str, ts: str | None) -> str | None:
+        if not ts:
+            return None
+        try:
+            return self.slack.chat_getPermalink(channel=channel, message_ts=ts).get("permalink")
+        except (SlackApiError, SlackClientError, OSError):
+            return None
+
+    def _job_crashed(self, ctx: JobContext, exc: BaseException) -> None:
+        actor = Actor.from_payload(ctx.payload)
+        if actor.user:
+            self.record(
+                actor,
+                f"{ctx.kind}.crash",
+                "error",
+                detail=type(exc).__name__,
+                answer=msg.error_message(describe(exc)),
+            )
+
+    def may_operate(self, actor: Actor) -> bool:
+        allowed = self.settings.snapshot_operators
+        return authz.is_allowed(actor.user, self.groups.groups_of(actor.user, allowed), allowed)
+
+    def _refuse(
+        self, actor: Actor, action: str, what: str, allowed: authz.Allowed, *, target: str = ""
+    ) -> None:
+        err = NotAllowed(what, authz.describe_allowed(allowed))
+        self.record(
+            actor,
+            action,
+            "denied",
+            target=target,
+            detail="not an operator",
+            answer=msg.error_message(str(err)),
+        )
+
+    def _provider_failed(
+        self, actor: Actor, action: str, exc: Exception, *, target: str = "", answer: bool = True
+    ) -> None:
+        log.warning("provider call for %s failed: %s", action, exc)
+        self.record(
+            actor,
+            action,
+            "error",
+            target=target,
+            detail=describe(exc),
+            answer=msg.error_message(describe(exc)) if answer else None,
+        )
+
+    # ------------------------------------------------------------------ listeners' entry points
+
+    def accept(self, kind: str, payload: dict) -> int:
+        """Called by a listener before ack(): the request is durable from here on."""
+        return self.jobs.submit(kind, payload)
+
+    # ------------------------------------------------------------------ /snapshot
+
+    def run_command(self, ctx: JobContext) -> None:
+        actor = Actor.from_payload(ctx.payload)
+        command = cmd.parse(ctx.payload.get("text", ""))
+        if isinstance(command, cmd.UsageError | cmd.Help):
+            self.show_usage(actor, command)
+        elif isinstance(command, cmd.ListSnapshots):
+            self.list_snapshots(actor, command.server)
+        elif isinstance(command, cmd.CreateSnapshot):
+            self.create_snapshot(actor, command.server, command.name, command.description, ctx)
+        elif isinstance(command, cmd.OpenCreateModal):
+            self.open_create_modal(actor)
+        elif isinstance(command, cmd.RequestRestore):
+            self.request_restore(actor, command.snapshot_id, command.reason)
+        elif isinstance(command, cmd.DeleteSnapshot):
+            self.ask_delete(actor, command.snapshot_id)
+        elif isinstance(command, cmd.ShowAudit):
+            self.show_audit(actor, command.limit)
+        elif isinstance(command, cmd.ShowPending):
+            self.show_pending(actor)
+
+    def show_usage(self, actor: Actor, command) -> None:
+        if isinstance(command, cmd.UsageError):
+            self.record(
+                actor,
+                "command.invalid",
+                "denied",
+                detail=command.message,
+                answer=msg.usage_message(cmd.USAGE, command.message),
+            )
+        else:
+            self.record(actor, "command.help", "ok", answer=msg.usage_message(cmd.USAGE))
+
+    def list_snapshots(self, actor: Actor, server: cmd.ServerRef | None) -> None:
+        target = _ref_text(server)
+        try:
+            if server is None:
+                snaps, scope = self.vps.list_snapshots(), "all servers"
+            else:
+                srv = self._resolve(server)
+                snaps = self.vps.list_snapshots(server_id=srv.id)
+                scope = f"{srv.name} ({srv.id})" if srv.name else f"server {srv.id}"
+        except VpsError as exc:
+            self._provider_failed(actor, "snapshot.list", exc, target=target)
+            return
+        self.record(
+            actor,
+            "snapshot.list",
+            "ok",
+            target=target,
+            detail=f"{len(snaps)} snapshot(s)",
+            answer=msg.snapshot_list(snaps, self.clock(), scope=scope),
+        )
+
+    def _resolve(self, server: cmd.ServerRef):
+        return self.vps.resolve_server(
+            server.id if isinstance(server, cmd.ServerId) else server.name
+        )
+
+    # --- create
+
+    def open_create_modal(self, actor: Actor) -> None:
+        if not self.may_operate(actor):
+            self._refuse(
+                actor, "snapshot.create", "create snapshots", self.settings.snapshot_operators
+            )
+            return
+        # The trigger_id lives 3 s: open at once, then fill the server picker.
+        try:
+            opened = self.slack.views_open(
+                trigger_id=actor.trigger_id,
+                view=msg.create_modal(channel=actor.channel, servers=None, note="Loading servers…"),
+            )
+        except (SlackApiError, SlackClientError, OSError) as exc:
+            self.record(
+                actor,
+                "snapshot.create_modal",
+                "error",
+                detail=str(exc)[:200],
+                answer=msg.error_message(
+                    "Slack did not open the form in time. Use "
+                    "`/snapshot create <server> <name> [description]` instead."
+                ),
+            )
+            return
+        view_id = opened.get("view", {}).get("id")
+        note = ""
+        try:
+            servers = sorted(
+                {(s.server.id, s.server.name) for s in self.vps.list_snapshots()},
+                key=lambda x: x[1],
+            )
+        except VpsError as exc:
+            servers, note = (
+                [],
+                f"Could not load the server list ({describe(exc)}); type an ID or name.",
+            )
+        try:
+            self.slack.views_update(
+                view_id=view_id,
+                view=msg.create_modal(channel=actor.channel, servers=servers, note=note),
+            )
+        except (SlackApiError, SlackClientError, OSError) as exc:
+            log.info("could not fill the create modal: %s", exc)
+        self.record(actor, "snapshot.create_modal", "ok")
+
+    def run_create_view(self, ctx: JobContext) -> None:
+        actor = Actor.from_payload(ctx.payload)
+        server = cmd.parse_server(ctx.payload.get("server", ""))
+        if isinstance(server, cmd.UsageError):
+            self.record(
+                actor,
+                "snapshot.create",
+                "denied",
+                detail="invalid server",
+                answer=msg.error_message(server.message),
+            )
+            return
+        self.create_snapshot(
+            actor, server, ctx.payload.get("name", ""), ctx.payload.get("description", ""), ctx
+        )
+
+    def create_snapshot(
+        self, actor: Actor, server: cmd.ServerRef, name: str, description: str, ctx: JobContext
+    ) -> None:
+        target = f"server:{_ref_text(server)} name:{name}"
+        if not self.may_operate(actor):
+            self._refuse(
+                actor,
+                "snapshot.create",
+                "create snapshots",
+                self.settings.snapshot_operators,
+                target=target,
+            )
+            return
+        if (problem := cmd.snapshot_name_problem(name)) is not None:
+            self.record(
+                actor,
+                "snapshot.create",
+                "denied",
+                target=target,
+                detail="invalid name",
+                answer=msg.error_message(problem),
+            )
+            return
+        if ctx.progress.get("create_sent"):
+            self._resume_create(actor, ctx)
+            return
+        try:
+            srv = self._resolve(server)
+            existing = self.vps.list_snapshots(server_id=srv.id)
+        except VpsError as exc:
+            self._provider_failed(actor, "snapshot.create", exc, target=target)
+            return
+        srv_name = (
+            srv.name or next((s.server.name for s in existing if s.server.name), "") or str(srv.id)
+        )
+        target = f"server:{srv.id} name:{name}"
+        if any(s.name == name for s in existing):
+            self.record(
+                actor,
+                "snapshot.create",
+                "denied",
+                target=target,
+                detail="name taken",
+                answer=msg.error_message(f"Server {srv_name} already has a snapshot named {name}."),
+            )
+            return
+        if len(existing) >= SNAPSHOT_LIMIT:
+            oldest = min(existing, key=lambda s: (s.created_at or self.clock(), s.id))
+            err = LimitReached(srv_name, oldest.id, oldest.name, SNAPSHOT_LIMIT)
+            self.record(
+                actor,
+                "snapshot.create",
+                "denied",
+                target=target,
+                detail="limit reached",
+                answer=msg.limit_reached(str(err), oldest.id, oldest.name),
+            )
+            return
+        # The channel message first: it is where the result will be threaded, and a
+        # channel the bot cannot post in is found out before anything is created.
+        parent_key = f"create:{ctx.id}:msg"
+        with session_scope(self.engine) as s:
+            mid = self.outbox.post(
+                s,
+                actor.channel,
+                msg.create_message(
+                    server_name=srv_name,
+                    server_id=srv.id,
+                    name=name,
+                    requester=actor.user,
+                    state="starting",
+                ),
+                key=parent_key,
+            )
+        (delivery,) = self.outbox.flush([mid]) or [None]
+        if delivery is not None and not delivery.sent and delivery.permanent:
+            self.record(
+                actor,
+                "snapshot.create",
+                "error",
+                target=target,
+                detail=delivery.error,
+                answer=msg.error_message(_cannot_post(delivery.error, actor.channel)),
+            )
+            return
+        ctx.save(
+            create_sent=True,
+            server_id=srv.id,
+            server_name=srv_name,
+            name=name,
+            parent_key=parent_key,
+        )
+        try:
+            snap = self.vps.create_snapshot(srv.id, name, description or None)
+        except VpsError as exc:
+            with session_scope(self.engine) as s:
+                self.outbox.update(
+                    s,
+                    actor.channel,
+                    msg.create_message(
+                        server_name=srv_name,
+                        server_id=srv.id,
+                        name=name,
+                        requester=actor.user,
+                        state="error",
+                        detail=describe(exc),
+                    ),
+                    ts_from=parent_key,
+                )
+                self.audit(
+                    s, actor, "provider.create", "error", target=target, detail=describe(exc)
+                )
+                mid = self.outbox.respond(
+                    s,
+                    response_url=actor.response_url,
+                    channel=actor.channel,
+                    user=actor.user,
+                    message=msg.error_message(describe(exc)),
+                )
+            self.outbox.flush([mid])
+            self.outbox.pump()
+            return
+        self._watch_created(actor, snap, srv_name, parent_key)
+
+    def _watch_created(self, actor: Actor, snap: Snapshot, srv_name: str, parent_key: str) -> None:
+        detail = f"{snap.message or msg.CREATE_ESTIMATE} {msg.RUNNING_SERVER_ADVICE}"
+        with session_scope(self.engine) as s:
+            repo.add_watch(
+                s,
+                Watch(
+                    kind="snapshot",
+                    snapshot_id=snap.id,
+                    snapshot_name=snap.name,
+                    server_id=snap.server.id,
+                    server_name=srv_name,
+                    channel=actor.channel,
+                    parent_ts=parent_key,
+                    requester=actor.user,
+                    team=actor.team,
+                    started_at=self.clock(),
+                    last_status=snap.status,
+                ),
+            )
+            mid = self.outbox.update(
+                s,
+                actor.channel,
+                msg.create_message(
+                    server_name=srv_name,
+                    server_id=snap.server.id,
+                    name=snap.name,
+                    requester=actor.user,
+                    state="in_progress",
+                    detail=detail,
+                    snapshot_id=snap.id,
+                ),
+                ts_from=parent_key,
+            )
+            self.audit(
+                s,
+                actor,
+                "provider.create",
+                "ok",
+                target=f"server:{snap.server.id} snapshot:{snap.id}",
+                detail=snap.name,
+            )
+        self.outbox.flush([mid])
+
+    def _resume_create(self, actor: Actor, ctx: JobContext) -> None:
+        """A create whose worker died after it may have reached the provider: find it
+        by name rather than send it again."""
+        p = ctx.progress
+        try:
+            found = [
+                s for s in self.vps.list_snapshots(server_id=p["server_id"]) if s.name == p["name"]
+            ]
+        except VpsError as exc:
+            self._provider_failed(actor, "snapshot.create", exc)
+            return
+        if found:
+            self._watch_created(actor, found[0], p["server_name"], p["parent_key"])
+        else:
+            self.record(
+                actor,
+                "snapshot.create",
+                "error",
+                detail="interrupted before the provider answered",
+                answer=msg.error_message(
+                    f"snapbot restarted while creating {p['name']}; the provider has no such snapshot, "
+                    "so nothing was created. Run the command again."
+                ),
+            )
+
+    # --- delete
+
+    def ask_delete(self, actor: Actor, snapshot_id: int) -> None:
+        if not self.may_operate(actor):
+            self._refuse(
+                actor,
+                "snapshot.delete",
+                "delete snapshots",
+                self.settings.snapshot_operators,
+                target=f"snapshot:{snapshot_id}",
+            )
+            return
+        try:
+            snap = self.vps.find_snapshot(snapshot_id)
+        except VpsError as exc:
+            self._provider_failed(actor, "snapshot.delete", exc, target=f"snapshot:{snapshot_id}")
+            return
+        if snap is None:
+            self.record(
+                actor,
+                "snapshot.delete",
+                "error",
+                target=f"snapshot:{snapshot_id}",
+                detail="not found",
+                answer=msg.error_message(describe(VpsNotFound(kind="snapshot", ident=snapshot_id))),
+            )
+            return
+        self.record(
+            actor,
+            "snapshot.delete_asked",
+            "ok",
+            target=f"snapshot:{snapshot_id}",
+            answer=msg.delete_prompt(snap, actor.user, self.clock()),
+        )
+
+    def confirm_delete(self, actor: Actor, value: str) -> None:
+        snapshot_id, _, asked_by = value.partition(":")
+        target = f"snapshot:{snapshot_id}"
+        if asked_by != actor.user:
+            self.record(
+                actor,
+                "snapshot.delete",
+                "denied",
+                target=target,
+                detail="not the user who asked",
+                answer=msg.error_message(
+                    "Only the person who asked for this delete can confirm it."
+                ),
+            )
+            return
+        if not self.may_operate(actor):
+            self._refuse(
+                actor,
+                "snapshot.delete",
+                "delete snapshots",
+                self.settings.snapshot_operators,
+                target=target,
+            )
+            return
+        sid = int(snapshot_id)
+        if (open_req := self._open_request(sid)) is not None:
+            self.record(
+                actor,
+                "snapshot.delete",
+                "denied",
+                target=target,
+                detail="restore open",
+                answer=msg.error_message(
+                    f"Restore request #{open_req.id} uses this snapshot "
+                    f"({open_req.state}); it cannot be deleted now."
+                ),
+            )
+            return
+        try:
+            self.vps.delete_snapshot(sid)
+        except VpsError as exc:
+            self.record(actor, "provider.delete", "error", target=target, detail=describe(exc))
+            self.answer(actor, msg.error_message(describe(exc)), replace_original=True)
+            return
+        self.record(actor, "provider.delete", "ok", target=target)
+        self.answer(
+            actor,
+            msg.text_message(f":wastebasket: Snapshot {sid} deleted by {mention(actor.user)}."),
+            replace_original=True,
+        )
+
+    def _open_request(self, snapshot_id: int) -> RestoreRequest | None:
+        with session_scope(self.engine, readonly=True) as s:
+            return repo.open_request_for_snapshot(s, snapshot_id=snapshot_id)
+
+    # --- audit, pending
+
+    def show_audit(self, actor: Actor, limit: int) -> None:
+        with session_scope(self.engine, readonly=True) as s:
+            events = repo.latest_audit(s, limit=limit)
+        self.record(
+            actor, "audit.show", "ok", detail=f"last {limit}", answer=msg.audit_list(events)
+        )
+
+    def show_pending(self, actor: Actor) -> None:
+        with session_scope(self.engine, readonly=True) as s:
+            requests = repo.requests_in_state(s, states=approval.ACTIVE_STATES)
+            watches = repo.active_watches(s)
+        self.record(
+            actor, "pending.show", "ok", answer=msg.pending_list(requests, watches, self.clock())
+        )
+
+    # ------------------------------------------------------------------ buttons
+
+    def run_action(self, ctx: JobContext) -> None:
+        actor = Actor.from_payload(ctx.payload)
+        action_id, value = ctx.payload.get("action_id", ""), ctx.payload.get("value", "")
+        if action_id in (ids.RESTORE_OPEN, ids.DELETE_OPEN, ids.APPROVE, ids.REJECT) and not _is_id(
+            value
+        ):
+            self.record(
+                actor,
+                f"button.{action_id}",
+                "denied",
+                detail="malformed value",
+                answer=msg.error_message("That button carried a value snapbot cannot read."),
+            )
+        elif action_id == ids.RESTORE_OPEN:
+            self.request_restore(actor, int(value), "")
+        elif action_id == ids.DELETE_OPEN:
+            self.ask_delete(actor, int(value))
+        elif action_id == ids.DELETE_CONFIRM:
+            if not _is_id(value.partition(":")[0]):
+                self.record(actor, "snapshot.delete", "denied", detail="malformed value")
+            else:
+                self.confirm_delete(actor, value)
+        elif action_id == ids.DELETE_CANCEL:
+            self.record(
+                actor,
+                "snapshot.delete_cancelled",
+                "ok",
+                target=f"snapshot:{value.partition(':')[0]}",
+            )
+            self.answer(
+                actor,
+                msg.text_message("Delete cancelled; nothing was changed."),
+                replace_original=True,
+            )
+        elif action_id == ids.APPROVE:
+            self.approve(actor, int(value))
+        elif action_id == ids.REJECT:
+            self.reject(actor, int(value))
+        else:
+            self.record(
+                actor,
+                "button.unknown",
+                "denied",
+                detail=action_id[:100],
+                answer=msg.error_message("snapbot does not know that button."),
+            )
+
+    # ------------------------------------------------------------------ restores (SPEC §5)
+
+    def request_restore(self, actor: Actor, snapshot_id: int, reason: str) -> None:
+        target = f"snapshot:{snapshot_id}"
+        if not self.may_operate(actor):
+            self._refuse(
+                actor,
+                "restore.request",
+                "request restores",
+                self.settings.snapshot_operators,
+                target=target,
+            )
+            return
+        try:
+            snap = self.vps.find_snapshot(snapshot_id)
+        except VpsError as exc:
+            self._provider_failed(actor, "restore.request", exc, target=target)
+            return
+        try:
+            if snap is None:
+                raise NotRestorable(describe(VpsNotFound(kind="snapshot", ident=snapshot_id)))
+            if not snap.is_completed:
+                raise NotRestorable(
+                    f"Snapshot {snap.name} is {snap.status}; only a completed snapshot can be "
+                    "restored."
+                )
+            if (open_req := self._open_request(snapshot_id)) is not None:
+                raise AlreadyOpen(open_req.id, open_req.state)
+        except (NotRestorable, AlreadyOpen) as exc:
+            self.record(
+                actor,
+                "restore.request",
+                "denied",
+                target=target,
+                detail=str(exc),
+                answer=msg.error_message(str(exc)),
+            )
+            return
+        now = self.clock()
+        with session_scope(self.engine) as s:
+            req = repo.add_restore_request(
+                s,
+                RestoreRequest(
+                    snapshot_id=snap.id,
+                    snapshot_name=snap.name,
+                    snapshot_created_at=snap.created_at,
+                    server_id=snap.server.id,
+                    server_name=snap.server.name or str(snap.server.id),
+                    requester=actor.user,
+                    team=actor.team,
+                    channel=actor.channel,
+                    reason=reason,
+                    state=approval.State.PENDING,
+                    required_approvals=self.policy.required_approvals,
+                    created_at=now,
+                    expires_at=now + self.policy.ttl,
+                ),
+            )
+            key = request_key(req.id)
+            mid = self.outbox.post(s, actor.channel, msg.restore_request(req, (), now), key=key)
+            self.audit(
+                s,
+                actor,
+                "restore.request",
+                "ok",
+                target=f"request:{req.id} snapshot:{snap.id} server:{snap.server.id}",
+                detail=reason,
+            )
+        (delivery,) = self.outbox.flush([mid])
+        if not delivery.sent and delivery.permanent:
+            with session_scope(self.engine) as s:
+                repo.transition_request(
+                    s,
+                    request_id=req.id,
+                    from_states=["pending"],
+                    to_state="cancelled",
+                    decided_at=self.clock(),
+                    outcome_detail="could not post the request",
+                )
+                self.audit(
+                    s,
+                    actor,
+                    "restore.request",
+                    "error",
+                    target=f"request:{req.id}",
+                    detail=delivery.error,
+                )
+                mid = self.outbox.respond(
+                    s,
+                    response_url=actor.response_url,
+                    channel=actor.channel,
+                    user=actor.user,
+                    message=msg.error_message(_cannot_post(delivery.error, actor.channel)),
+                )
+            self.outbox.flush([mid])
+            return
+        ts = self.outbox.ts_of(key)
+        with session_scope(self.engine) as s:
+            if ts:
+                repo.set_request_message(s, request_id=req.id, channel=actor.channel, ts=ts)
+            mid = self.notify_incident(
+                s,
+                f":rotating_light: Restore requested: {mention(actor.user)} wants to restore "
+                f"*{req.server_name}* from *{req.snapshot_name}* (request #{req.id}, taken "
+                f"{when(req.snapshot_created_at)}). Reason: {reason or 'none given'}.",
+                link=self.permalink(actor.channel, ts),
+                key=f"incident:req:{req.id}:opened",
+            )
+        self.outbox.flush([mid])
+
+    def _request_view(self, s, request_id: int) -> tuple[RestoreRequest | None, frozenset[str]]:
+        req = repo.get_restore_request(s, request_id=request_id)
+        return req, (repo.approvers_of(s, request_id=request_id) if req else frozenset())
+
+    def approve(self, actor: Actor, request_id: int) -> None:
+        target = f"request:{request_id}"
+        groups = self.groups.groups_of(actor.user, self.policy.approvers)
+        now = self.clock()
+        with session_scope(self.engine) as s:
+            req, approvals = self._request_view(s, request_id)
+            if req is None:
+                self.audit(
+                    s, actor, "restore.approve", "denied", target=target, detail="no such request"
+                )
+                decision = None
+            else:
+                view = approval.RequestView(
+                    state=approval.State(req.state),
+                    requester=req.requester,
+                    expires_at=req.expires_at,
+                    approvals=approvals,
+                    decided_by=req.decided_by,
+                )
+                decision = approval.decide_approval(view, actor.user, self.policy, now, groups)
+                won = False
+                if decision.verdict in (approval.Verdict.RECORD, approval.Verdict.APPROVE):
+                    # The unique key makes a repeated click count once, even when two
+                    # of them race; the conditional update picks the single winner.
+                    repo.add_approval(s, request_id=request_id, approver=actor.user, now=now)
+                    approvals = repo.approvers_of(s, request_id=request_id)
+                    if len(approvals) >= self.policy.required_approvals:
+                        won = repo.transition_request(
+                            s,
+                            request_id=request_id,
+                            from_states=[approval.State.PENDING],
+                            to_state=approval.State.APPROVED,
+                            decided_by=actor.user,
+                            decided_at=now,
+                        )
+                        if not won:
+                            decision = approval.decide_approval(
+                                approval.RequestView(
+                                    state=approval.State(
+                                        repo.get_restore_request(s, request_id=request_id).state
+                                    ),
+                                    requester=req.requester,
+                                    expires_at=req.expires_at,
+                                    approvals=approvals,
+                                    decided_by=req.decided_by,
+                                ),
+                                actor.user,
+                                self.policy,
+                                now,
+                                groups,
+                            )
+                self.audit(
+                    s,
+                    actor,
+                    "restore.approve",
+                    decision.outcome,
+                    target=target,
+                    detail=decision.verdict.value,
+                )
+        if decision is None:
+            self.answer(actor, msg.error_message(f"Restore request #{request_id} does not exist."))
+            return
+        if (
+            decision.verdict == approval.Verdict.RECORD
+            or decision.outcome == "denied"
+            or decision.verdict == approval.Verdict.REPEAT
+        ):
+            self._answer_decision(actor, req, decision)
+            if decision.verdict == approval.Verdict.RECORD:
+                self._refresh_request(request_id)
+            return
+        if decision.verdict == approval.Verdict.APPROVE and won:
+            with session_scope(self.engine) as s:
+                req, approvals = self._request_view(s, request_id)
+                mids = [
+                    self._update_request_message(s, req, approvals),
+                    self.notify_incident(
+                        s,
+                        f":white_check_mark: Restore #{req.id} of *{req.server_name}* approved "
+                        f"by {', '.join(mention(a) for a in sorted(approvals))}.",
+                        link=self.permalink(req.channel, req.message_ts),
+                        key=f"incident:req:{req.id}:approved",
+                    ),
+                ]
+            self.outbox.flush(mids)
+            self.execute_restore(request_id)
+
+    def _answer_decision(self, actor: Actor, req, decision: approval.Decision) -> None:
+        # Ephemeral: the actor alone is told, and the request message stays as it is.
+        with session_scope(self.engine) as s:
+            mid = self.outbox.queue(
+                s,
+                "chat.postEphemeral",
+                {
+                    "channel": req.channel or actor.channel,
+                    "user": actor.user,
+                    **msg.text_message(decision.message),
+                },
+            )
+        self.outbox.flush([mid])
+
+    def reject(self, actor: Actor, request_id: int) -> None:
+        target = f"request:{request_id}"
+        groups = self.groups.groups_of(actor.user, self.policy.approvers)
+        now = self.clock()
+        with session_scope(self.engine) as s:
+            req, approvals = self._request_view(s, request_id)
+            if req is None:
+                self.audit(
+                    s, actor, "restore.reject", "denied", target=target, detail="no such request"
+                )
+                decision = None
+            else:
+                view = approval.RequestView(
+                    state=approval.State(req.state),
+                    requester=req.requester,
+                    expires_at=req.expires_at,
+                    approvals=approvals,
+                    decided_by=req.decided_by,
+                )
+                decision = approval.decide_rejection(view, actor.user, self.policy, now, groups)
+                if decision.new_state is not None and not repo.transition_request(
+                    s,
+                    request_id=request_id,
+                    from_states=[approval.State.PENDING],
+                    to_state=decision.new_state,
+                    decided_by=actor.user,
+                    decided_at=now,
+                ):
+                    fresh = repo.get_restore_request(s, request_id=request_id)
+                    decision = approval.Decision(
+                        approval.Verdict.CLOSED,
+                        f"This request was already {fresh.state} by {mention(fresh.decided_by)}.",
+                    )
+                action = (
+                    "restore.cancel"
+                    if decision.verdict == approval.Verdict.CANCEL
+                    else "restore.reject"
+                )
+                self.audit(
+                    s, actor, action, decision.outcome, target=target, detail=decision.verdict.value
+                )
+        if decision is None:
+            self.answer(actor, msg.error_message(f"Restore request #{request_id} does not exist."))
+            return
+        if decision.new_state is None or decision.outcome == "denied":
+            self._answer_decision(actor, req, decision)
+            return
+        with session_scope(self.engine) as s:
+            req, approvals = self._request_view(s, request_id)
+            word = "cancelled by the requester" if req.state == "cancelled" else "rejected"
+            mids = [
+                self._update_request_message(s, req, approvals),
+                self.outbox.post(
+                    s,
+                    req.channel,
+                    msg.thread_note(f"Restore request {word}: {mention(actor.user)}."),
+                    thread_from=request_key(req.id),
+                    key=f"req:{req.id}:thread:{req.state}",
+                ),
+                self.notify_incident(
+                    s,
+                    f":no_entry_sign: Restore #{req.id} of *{req.server_name}* {word} by "
+                    f"{mention(actor.user)}.",
+                    link=self.permalink(req.channel, req.message_ts),
+                    key=f"incident:req:{req.id}:{req.state}",
+                ),
+            ]
+        self.outbox.flush(mids)
+
+    def _update_request_message(self, s, req: RestoreRequest, approvals) -> int | None:
+        payload = msg.restore_request(req, approvals, self.clock())
+        if req.message_ts:
+            return self.outbox.update(s, req.channel, payload, ts=req.message_ts)
+        return self.outbox.update(s, req.channel, payload, ts_from=request_key(req.id))
+
+    def _refresh_request(self, request_id: int) -> None:
+        with session_scope(self.engine) as s:
+            req, approvals = self._request_view(s, request_id)
+            mid = self._update_request_message(s, req, approvals)
+        self.outbox.flush([mid])
+
+    def execute_restore(self, request_id: int) -> None:
+        """Run an approved restore at most once: re-read the snapshot, win
+        ``approved -> executing`` (committed before the provider is called), call."""
+        with session_scope(self.engine, readonly=True) as s:
+            req = repo.get_restore_request(s, request_id=request_id)
+        if req is None or req.state != approval.State.APPROVED:
+            return
+        system = Actor(user="", channel=req.channel, team=req.team)
+        target = f"request:{req.id} snapshot:{req.snapshot_id} server:{req.server_id}"
+        try:
+            snap = self.vps.find_snapshot(req.snapshot_id, server_id=req.server_id)
+        except VpsError as exc:
+            self._finish_restore(
+                req,
+                approval.State.APPROVED,
+                approval.State.FAILED,
+                f"could not re-read the snapshot: {describe(exc)}",
+                system,
+                target,
+            )
+            return
+        if snap is None or not snap.is_completed:
+            why = (
+                "the snapshot is gone"
+                if snap is None
+                else f"the snapshot is {snap.status}, not completed"
+            )
+            self._finish_restore(
+                req,
+                approval.State.APPROVED,
+                approval.State.FAILED,
+                why + "; nothing was restored",
+                system,
+                target,
+            )
+            return
+        with session_scope(self.engine) as s:
+            won = repo.transition_request(
+                s,
+                request_id=req.id,
+                from_states=[approval.State.APPROVED],
+                to_state=approval.State.EXECUTING,
+                executing_at=self.clock(),
+                executor=self.owner,
+            )
+        if not won:
+            return
+        try:
+            result = self.vps.restore_snapshot(req.snapshot_id)
+        except VpsUnavailable as exc:
+            if not exc.nothing_changed:
+                self.reconcile_restore(req.id, reason=describe(exc))
+                return
+            self._finish_restore(
+                req,
+                approval.State.EXECUTING,
+                approval.State.FAILED,
+                describe(exc),
+                system,
+                target,
+                provider_call=True,
+            )
+            return
+        except VpsError as exc:
+            self._finish_restore(
+                req,
+                approval.State.EXECUTING,
+                approval.State.FAILED,
+                describe(exc),
+                system,
+                target,
+                provider_call=True,
+            )
+            return
+        self._finish_restore(
+            req,
+            approval.State.EXECUTING,
+            approval.State.SUCCEEDED,
+            result.message or "The provider is restoring the server.",
+            system,
+            target,
+            provider_call=True,
+        )
+
+    def _finish_restore(
+        self,
+        req: RestoreRequest,
+        from_state: str,
+        to_state: str,
+        detail: str,
+        actor: Actor,
+        target: str,
+        *,
+        provider_call: bool = False,
+    ) -> None:
+        now = self.clock()
+        with session_scope(self.engine) as s:
+            if not repo.transition_request(
+                s,
+                request_id=req.id,
+                from_states=[from_state],
+                to_state=to_state,
+                finished_at=now,
+                outcome_detail=detail[:500],
+            ):
+                return
+            req, approvals = self._request_view(s, req.id)
+            ok = to_state == approval.State.SUCCEEDED
+            thread = (
+                f":arrows_counterclockwise: Restore started: {detail}"
+                if ok
+                else f":x: Restore {to_state}: {detail}"
+            )
+            server_state = None
+            mids = [
+                self._update_request_message(s, req, approvals),
+                self.outbox.post(
+                    s,
+                    req.channel,
+                    msg.thread_note(thread),
+                    thread_from=request_key(req.id),
+                    key=f"req:{req.id}:thread:{to_state}",
+                ),
+                self.notify_incident(
+                    s,
+                    (
+                        f":arrows_counterclockwise: Restore #{req.id} started: *{req.server_name}* is being restored "
+                        f"from *{req.snapshot_name}*."
+                        if ok
+                        else f":x: Restore #{req.id} of *{req.server_name}* {to_state}: {detail}"
+                    ),
+                    link=self.permalink(req.channel, req.message_ts),
+                    key=f"incident:req:{req.id}:{to_state}",
+                ),
+            ]
+            action = "provider.restore" if provider_call else "restore.execute"
+            self.audit(s, actor, action, "ok" if ok else "error", target=target, detail=detail)
+        self.outbox.flush(mids)
+        if ok:
+            server_state = self._server_state(req.server_id)
+            with session_scope(self.engine) as s:
+                if server_state is None:
+                    mid = self.outbox.post(
+                        s,
+                        req.channel,
+                        msg.thread_note(
+                            f"{RESTORE_USUALLY} The provider does not report server status, so snapbot cannot say "
+                            "when it is done; check the server."
+                        ),
+                        thread_from=request_key(req.id),
+                        key=f"req:{req.id}:thread:no-follow",
+                    )
+                else:
+                    repo.add_watch(
+                        s,
+                        Watch(
+                            kind="restore",
+                            snapshot_id=req.snapshot_id,
+                            snapshot_name=req.snapshot_name,
+                            server_id=req.server_id,
+                            server_name=req.server_name,
+                            request_id=req.id,
+                            channel=req.channel,
+                            parent_ts=request_key(req.id),
+                            requester=req.requester,
+                            team=req.team,
+                            started_at=now,
+                            last_status=server_state,
+                        ),
+                    )
+                    mid = None
+            self.outbox.flush([mid])
+        self.post_checkpoint(reason=f"after restore #{req.id}")
+
+    def _server_state(self, server_id: int) -> str | None:
+        try:
+            state = self.vps.get_server(server_id)
+        except VpsError:
+            return "unknown"
+        return state.status if state is not None else None
+
+    def reconcile_restore(self, request_id: int, *, reason: str) -> None:
+        """An execution whose outcome is unknown: ask the provider, never call again."""
+        with session_scope(self.engine, readonly=True) as s:
+            req = repo.get_restore_request(s, request_id=request_id)
+        if req is None or req.state != approval.State.EXECUTING:
+            return
+        system = Actor(user="", channel=req.channel, team=req.team)
+        target = f"request:{req.id} snapshot:{req.snapshot_id} server:{req.server_id}"
+        state = self._server_state(req.server_id)
+        if state == "restoring":
+            self._finish_restore(
+                req,
+                approval.State.EXECUTING,
+                approval.State.SUCCEEDED,
+                f"the server is restoring ({reason}; confirmed from the provider)",
+                system,
+                target,
+            )
+        else:
+            seen = {
+                None: "the provider does not report server status",
+                "unknown": "the provider could not be asked",
+            }.get(state, f"the server is {state}")
+            self._finish_restore(
+                req,
+                approval.State.EXECUTING,
+                approval.State.INTERRUPTED,
+                f"{reason}; {seen}, so snapbot cannot tell whether the restore started. It will not retry: "
+                "check the server, and open a new request if needed",
+                system,
+                target,
+            )
+
+    # ------------------------------------------------------------------ audit checkpoints
+
+    def post_checkpoint(self, *, reason: str) -> None:
+        if not self.settings.incident_channel:
+            return
+        with session_scope(self.engine) as s:
+            count, head = repo.audit_head(s)
+            mid = self.notify_incident(
+                s,
+                f":lock: Audit checkpoint ({reason}): `{count}:{head}` — verify with "
+                f"`snapbot audit verify --checkpoint {count}:{head}`",
+                key=f"checkpoint:{count}:{head[:16]}",
+            )
+        self.outbox.flush([mid])
+
+
+def request_key(request_id: int) -> str:
+    """Outbox key of a restore request's channel message (threads hang from it)."""
+    return f"req:{request_id}:msg"
+
+
+def _ref_text(server) -> str:
+    if server is None:
+        return ""
+    return str(server.id) if isinstance(server, cmd.ServerId) else server.name
+
+
+def _is_id(value: str) -> bool:
+    return isinstance(value, str) and value.isascii() and value.isdigit() and 0 < len(value) <= 16
+
+
+def _cannot_post(error: str, channel: str) -> str:
+    if error in ("not_in_channel", "channel_not_found"):
+        return (
+            f"snapbot cannot post in <#{channel}>: invite it first with `/invite @snapbot`, "
+            "then run the command again. Nothing was changed."
+        )
+    return f"Slack refused the message ({error}); nothing was changed."
+
+
+__all__ = ["Actor", "Services", "age", "make_slack_client", "request_key", "timedelta"]

@@ -1,0 +1,28 @@
+"""The one translation from errors to what the user reads (SPEC §8)."""
+
+from __future__ import annotations
+
+from bot.core.errors import SnapbotError
+from bot.vps.errors import VpsAuthError, VpsBadRequest, VpsNotFound, VpsUnavailable
+
+INTERNAL = "Something went wrong inside snapbot; the error was logged and nothing more was done."
+
+
+def describe(exc: BaseException) -> str:
+    if isinstance(exc, VpsAuthError):
+        return "The provider rejected the bot's API token; an admin must fix `VPS_API_TOKEN`."
+    if isinstance(exc, VpsNotFound):
+        kind = getattr(exc, "kind", "snapshot") or "snapshot"
+        return f"{kind.capitalize()} {getattr(exc, 'ident', '')} does not exist."
+    if isinstance(exc, VpsBadRequest):
+        return f"The provider refused: {exc.reason}"
+    if isinstance(exc, VpsUnavailable):
+        if getattr(exc, "nothing_changed", True):
+            return "The provider is unreachable or failing right now; nothing was changed. Try again shortly."
+        return (
+            "The provider did not answer in time, so the outcome is unknown. "
+            "Check `/snapshot list` before trying again."
+        )
+    if isinstance(exc, SnapbotError):
+        return str(exc)
+    return INTERNAL

@@ -1,0 +1,542 @@
+"""The provider's snapshot API (vps-api.md), over one pooled httpx client.
+
+Retries name what they retry:
+
+* reads (list, get server) and DELETE are idempotent: retried on `VpsUnavailable`
+  (5xx, timeout, connection failure, unreadable answer) with capped exponential
+  backoff and full jitter, at most `retries` times and within `deadline` seconds;
+* create and restore are never sent twice. Only a failure to connect (nothing was
+  sent) is retried. When the outcome of a create is unknown, the client looks the
+  name up in the list instead; a restore with an unknown outcome is reported as such.
+* 401, 403, 404 and 400 are answers, never retried.
+
+The API token lives only in the httpx client's default headers: it is not in `repr`,
+in any log line, or in any error (the provider's reasons are redacted should they
+echo it).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import random
+import ssl
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Any, TypeVar
+
+import certifi
+import httpx
+from pydantic import ValidationError
+
+from bot.vps.errors import (
+    NotFoundKind,
+    VpsAuthError,
+    VpsBadRequest,
+    VpsError,
+    VpsNotFound,
+    VpsUnavailable,
+)
+from bot.vps.models import RestoreResult, Server, ServerState, Snapshot
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Seconds: 10 to read an answer, 3 to connect (httpx applies them per phase).
+DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=3.0)
+#: Retries after the first attempt, for idempotent calls.
+DEFAULT_RETRIES = 3
+#: Seconds one call may spend in all, retries included: SPEC §8 answers within 30 s.
+DEFAULT_DEADLINE = 25.0
+#: A snapshot found by name after an unconfirmed create must be this recent
+#: (seconds before the call started), so an older namesake is never mistaken for it.
+CREATE_LOOKUP_WINDOW = 600.0
+#: Seconds the lookup after an unconfirmed create may take even when the deadline is spent.
+MIN_LOOKUP_SECONDS = 3.0
+
+OnCall = Callable[[str, str, int | None, float], None]
+
+# Failures where httpx never put the request on the wire: safe to retry any method.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+class _Failure(Exception):
+    """One attempt failed in a way that may be worth another (internal)."""
+
+    def __init__(self, detail: str, *, sent: bool, status: int | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.sent = sent
+        self.status = status
+
+
+class VpsClient:
+    """Client for the provider's snapshot API. Thread-safe (httpx.Client is)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+        retries: int = DEFAULT_RETRIES,
+        backoff_base: float = 0.2,
+        backoff_cap: float = 2.0,
+        deadline: float = DEFAULT_DEADLINE,
+        sleep: Callable[[float], None] = time.sleep,
+        on_call: OnCall | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/") + "/"
+        if not isinstance(timeout, httpx.Timeout):
+            timeout = httpx.Timeout(timeout, connect=min(3.0, timeout))
+        self._timeout = timeout
+        self._token = token
+        self._retries = max(0, retries)
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        self._deadline = deadline
+        self._sleep = sleep
+        self._on_call = on_call
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Accept": "application/json",
+                "Content-Type": "application/json",
+            },
+            timeout=timeout,
+            transport=transport,
+            verify=_tls_context() if transport is None else True,
+            follow_redirects=False,
+        )
+
+    def __repr__(self) -> str:
+        return f"VpsClient(base_url={self.base_url!r})"
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> VpsClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ---- the API -------------------------------------------------------------------
+
+    def list_snapshots(self, server_id: int | None = None) -> list[Snapshot]:
+        """Every snapshot the provider lists (for one server when given), newest first."""
+        params = {"server_id": server_id} if server_id is not None else None
+        return self._send("GET", "snapshots/", params=params, parse=_parse_snapshot_list)
+
+    def find_snapshot(self, snapshot_id: int, server_id: int | None = None) -> Snapshot | None:
+        """One snapshot, re-read through the list (there is no single-snapshot endpoint)."""
+        for snapshot in self.list_snapshots(server_id):
+            if snapshot.id == snapshot_id:
+                return snapshot
+        return None
+
+    def create_snapshot(
+        self, server_id: int, name: str, description: str | None = None
+    ) -> Snapshot:
+        """Ask for a snapshot; answered at once with status `in_progress`.
+
+        Never sent twice. If the provider may have received it but did not confirm
+        (timeout, dropped connection, 5xx, unreadable answer), the new snapshot is
+        looked up by name; when it is not there the outcome is unknown and
+        `VpsUnavailable(nothing_changed=False)` says to check the list first.
+        """
+        body: dict[str, Any] = {"server_id": server_id, "name": name}
+        if description is not None:
+            body["description"] = description
+        started = datetime.now(UTC)
+        begun = time.monotonic()
+        try:
+            return self._send(
+                "POST",
+                "snapshots/",
+                json=body,
+                parse=_parse_snapshot,
+                retry_after_send=False,
+                not_found=("server", server_id),
+            )
+        except VpsUnavailable as exc:
+            if exc.nothing_changed:
+                raise
+            detail = exc.detail
+        logger.warning(
+            "create of snapshot %r on server %s unconfirmed (%s); looking it up",
+            name,
+            server_id,
+            detail,
+        )
+        # The lookup gets what is left of the call's deadline (at least a few seconds).
+        budget = max(self._deadline - (time.monotonic() - begun), MIN_LOOKUP_SECONDS)
+        try:
+            found = self._find_created(server_id, name, started, budget)
+        except VpsError as exc:
+            raise VpsUnavailable(
+                f"The provider did not confirm the snapshot {name!r} ({detail}) and its list "
+                "could not be read; the outcome is unknown. "
+                "Check `/snapshot list` before retrying.",
+                status=exc.status,
+                nothing_changed=False,
+                detail=detail,
+            ) from exc
+        if found is None:
+            raise VpsUnavailable(
+                f"The provider did not confirm the snapshot {name!r} ({detail}) and it is "
+                "not in the list; the outcome is unknown. "
+                "Check `/snapshot list` before retrying.",
+                nothing_changed=False,
+                detail=detail,
+            )
+        return found
+
+    def restore_snapshot(self, snapshot_id: int) -> RestoreResult:
+        """Start a restore: the server is overwritten. Never sent twice."""
+        try:
+            return self._send(
+                "POST",
+                f"snapshots/{snapshot_id}/restore/",
+                parse=_parse_restore,
+                retry_after_send=False,
+            )
+        except VpsUnavailable as exc:
+            if exc.nothing_changed:
+                raise
+            raise VpsUnavailable(
+                f"The provider did not confirm the restore from snapshot {snapshot_id} "
+                f"({exc.detail}); the outcome is unknown. "
+                "Check the server's state before trying again.",
+                status=exc.status,
+                nothing_changed=False,
+                detail=exc.detail,
+            ) from exc
+
+    def delete_snapshot(self, snapshot_id: int) -> None:
+        """Delete for good. Idempotent: retried, and a 404 after a lost answer is success."""
+        try:
+            self._send(
+                "DELETE",
+                f"snapshots/{snapshot_id}/",
+                parse=lambda _response: None,
+                gone_after_retry_is_success=True,
+            )
+        except VpsUnavailable as exc:
+            if exc.nothing_changed:
+                raise
+            raise VpsUnavailable(
+                f"The provider did not confirm the deletion of snapshot {snapshot_id} "
+                f"({exc.detail}); it may or may not be gone. "
+                "Check `/snapshot list`.",
+                status=exc.status,
+                nothing_changed=False,
+                detail=exc.detail,
+            ) from exc
+
+    def get_server(self, server_id: int) -> ServerState | None:
+        """The server's state, or None where the optional endpoint (or server) is absent."""
+        try:
+            return self._send("GET", f"servers/{server_id}/", parse=_parse_server_state)
+        except VpsNotFound:
+            return None
+
+    def resolve_server(self, ref: int | str) -> Server:
+        """A server from its id or its name.
+
+        There is no server list: names are known only from the servers that appear on
+        snapshots, so a server without snapshots can be named only by its id.
+        """
+        if isinstance(ref, str) and ref.strip().isdigit():
+            ref = int(ref.strip())
+        if isinstance(ref, int):
+            for snapshot in self.list_snapshots(ref):
+                if snapshot.server.id == ref:
+                    return snapshot.server
+            return Server(id=ref)
+        name = ref.strip()
+        servers = {s.server.id: s.server for s in self.list_snapshots()}
+        exact = [s for s in servers.values() if s.name == name]
+        folded = [s for s in servers.values() if s.name.casefold() == name.casefold()]
+        match = exact or folded
+        if len(match) == 1:
+            return match[0]
+        raise VpsNotFound(
+            "server",
+            name,
+            f"No server named {name!r} is known (names come from servers that have "
+            "snapshots); use its numeric id.",
+        )
+
+    # ---- one call, with its retry policy ------------------------------------------
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        parse: Callable[[httpx.Response], T],
+        params: dict[str, Any] | None = None,
+        json: dict[str, Any] | None = None,
+        retry_after_send: bool = True,
+        gone_after_retry_is_success: bool = False,
+        not_found: tuple[NotFoundKind, int | str] | None = None,
+        deadline: float | None = None,
+    ) -> T:
+        """Send until an answer, applying the retry policy; map the answer to a result.
+
+        At most 1 + `retries` attempts, all within `deadline` seconds.
+        retry_after_send: False for non-idempotent writes, which are then retried
+        only when the request cannot have been applied (connect failure, 429).
+        """
+        is_write = method != "GET"
+        attempts = self._retries + 1
+        deadline = self._deadline if deadline is None else deadline
+        started = time.monotonic()
+        maybe_applied = False
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = deadline - (time.monotonic() - started)
+            try:
+                response = self._attempt(method, path, params=params, json=json, budget=remaining)
+                if response.status_code == 404 and gone_after_retry_is_success and maybe_applied:
+                    logger.info("%s %s: 404 after an unconfirmed attempt: done", method, path)
+                    return None  # type: ignore[return-value]
+                if response.status_code >= 500 or response.status_code == 429:
+                    # A 429 is a refusal to process: nothing was applied.
+                    raise _Failure(
+                        f"HTTP {response.status_code}",
+                        sent=response.status_code != 429,
+                        status=response.status_code,
+                    )
+                self._raise_for_refusal(response, path, not_found)
+                return parse(response)
+            except _Failure as failure:
+                maybe_applied = maybe_applied or (failure.sent and is_write)
+                retry = (retry_after_send or not failure.sent) and attempt < attempts
+                delay = self._backoff(attempt) if retry else 0.0
+                elapsed = time.monotonic() - started
+                if retry and elapsed + delay < deadline:
+                    logger.warning(
+                        "%s %s failed (%s); retry %d of %d in %.2f s",
+                        method,
+                        path,
+                        failure.detail,
+                        attempt,
+                        self._retries,
+                        delay,
+                    )
+                    self._sleep(delay)
+                    continue
+                raise VpsUnavailable(
+                    f"The provider API is unreachable or failing ({failure.detail})"
+                    + ("; nothing was changed." if not maybe_applied else "."),
+                    status=failure.status,
+                    nothing_changed=not maybe_applied,
+                    detail=failure.detail,
+                ) from failure
+
+    def _attempt(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None,
+        json: dict[str, Any] | None,
+        budget: float,
+    ) -> httpx.Response:
+        timeout = self._timeout
+        if timeout.read is not None and budget < timeout.read:
+            # Keep the whole call inside its deadline: shrink the last attempt.
+            budget = max(budget, 0.1)
+            timeout = httpx.Timeout(budget, connect=min(timeout.connect or budget, budget))
+        begun = time.perf_counter()
+        status: int | None = None
+        try:
+            response = self._http.request(method, path, params=params, json=json, timeout=timeout)
+            status = response.status_code
+            return response
+        except _NOT_SENT as exc:
+            raise _Failure(_describe(exc), sent=False) from None
+        except httpx.TransportError as exc:
+            raise _Failure(_describe(exc), sent=True) from None
+        finally:
+            seconds = time.perf_counter() - begun
+            logger.debug("%s %s -> %s in %.3f s", method, path, status, seconds)
+            if self._on_call is not None:
+                try:
+                    self._on_call(method, path, status, seconds)
+                except Exception:
+                    logger.exception("on_call hook failed")
+
+    def _raise_for_refusal(
+        self,
+        response: httpx.Response,
+        path: str,
+        not_found: tuple[NotFoundKind, int | str] | None,
+    ) -> None:
+        status = response.status_code
+        if status < 300:
+            return
+        if status < 400:
+            # Redirects are not followed: a POST must not turn into a GET elsewhere.
+            raise VpsUnavailable(
+                f"The provider answered with a redirect (HTTP {status}); "
+                "check that VPS_API_URL is the API's base URL.",
+                status=status,
+                detail=f"HTTP {status}",
+            )
+        if status in (401, 403):
+            raise VpsAuthError(status=status)
+        if status == 404:
+            kind, ident = not_found or _kind_from_path(path)
+            raise VpsNotFound(kind, ident)
+        raise VpsBadRequest(self._redact(_reason(response)), status=status)
+
+    def _backoff(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(cap, base * 2**(attempt-1))]."""
+        ceiling = min(self._backoff_cap, self._backoff_base * 2 ** (attempt - 1))
+        return random.uniform(0, ceiling) if ceiling > 0 else 0.0
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._token, "[redacted]") if self._token else text
+
+    def _find_created(
+        self, server_id: int, name: str, started: datetime, budget: float
+    ) -> Snapshot | None:
+        """The snapshot an unconfirmed create made, if the list shows it."""
+        oldest = started - timedelta(seconds=CREATE_LOOKUP_WINDOW)
+        listed = self._send(
+            "GET",
+            "snapshots/",
+            params={"server_id": server_id},
+            parse=_parse_snapshot_list,
+            deadline=budget,
+        )
+        candidates = [
+            s
+            for s in listed
+            if s.name == name
+            and s.server.id == server_id
+            and (not s.is_terminal or s.created_at is None or s.created_at >= oldest)
+        ]
+        return max(candidates, key=lambda s: s.id, default=None)
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """httpx's default verification, built once: a context per client costs ~30 ms."""
+    if os.environ.get("SSL_CERT_FILE"):
+        return ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+    if os.environ.get("SSL_CERT_DIR"):
+        return ssl.create_default_context(capath=os.environ["SSL_CERT_DIR"])
+    return ssl.create_default_context(cafile=certifi.where())
+
+
+# ---- answers ---------------------------------------------------------------------------
+
+
+def _json(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        raise _Failure(f"unreadable answer, HTTP {response.status_code}", sent=True) from None
+
+
+def _parse_snapshot_list(response: httpx.Response) -> list[Snapshot]:
+    data = _json(response)
+    results = data.get("results") if isinstance(data, dict) else data
+    if not isinstance(results, list):
+        raise _Failure("unexpected answer: no results list", sent=True)
+    snapshots = []
+    for item in results:
+        try:
+            snapshots.append(Snapshot.model_validate(item))
+        except ValidationError:
+            # One garbled entry should not hide all the others.
+            logger.warning("skipping an unreadable snapshot in the list: %.200r", item)
+    return snapshots
+
+
+def _parse_snapshot(response: httpx.Response) -> Snapshot:
+    try:
+        return Snapshot.model_validate(_json(response))
+    except ValidationError:
+        raise _Failure("unexpected answer: not a snapshot", sent=True) from None
+
+
+def _parse_restore(response: httpx.Response) -> RestoreResult:
+    # A 2xx means the provider accepted the restore; an odd body must not hide that.
+    try:
+        return RestoreResult.model_validate(response.json())
+    except (ValueError, ValidationError):
+        logger.warning("restore accepted (HTTP %s) with an unreadable body", response.status_code)
+        return RestoreResult(status="success")
+
+
+def _parse_server_state(response: httpx.Response) -> ServerState:
+    try:
+        return ServerState.model_validate(_json(response))
+    except ValidationError:
+        raise _Failure("unexpected answer: not a server", sent=True) from None
+
+
+def _reason(response: httpx.Response) -> str:
+    """The provider's own words: message/detail/error, else the first string, else the text."""
+    try:
+        data = response.json()
+    except ValueError:
+        return response.text.strip()[:500] or f"HTTP {response.status_code}"
+    if isinstance(data, dict):
+        for key in ("message", "detail", "error"):
+            value = data.get(key)
+            if isinstance(value, str) and value:
+                return value
+        # Field errors, e.g. {"name": ["Snapshot name may contain only ..."]}
+        for key, value in data.items():
+            text = _first_string(value)
+            if text:
+                return f"{key}: {text}"
+    return _first_string(data) or response.text.strip()[:500] or f"HTTP {response.status_code}"
+
+
+def _first_string(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        for item in value:
+            text = _first_string(item)
+            if text:
+                return text
+    return None
+
+
+def _kind_from_path(path: str) -> tuple[NotFoundKind, int | str]:
+    parts = [p for p in path.split("/") if p]
+    kind: NotFoundKind = "server" if parts and parts[0] == "servers" else "snapshot"
+    ident: int | str = parts[1] if len(parts) > 1 else path
+    if isinstance(ident, str) and ident.isdigit():
+        ident = int(ident)
+    return kind, ident
+
+
+def _describe(exc: httpx.TransportError) -> str:
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out"
+    if isinstance(exc, httpx.ConnectError):
+        return "connection refused or unreachable"
+    return "connection lost"

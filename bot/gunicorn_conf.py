@@ -11,6 +11,8 @@ timeout = 30
 graceful_timeout = 25
 keepalive = 5
 accesslog = None
+# Several servers may share a machine (replicas, tests): no shared control socket.
+control_socket_disable = True
 preload_app = False  # each worker builds its own runtime and duties thread
 
 

@@ -24,6 +24,8 @@ class _Server(BaseApplication):
             "worker_exit",
         ):
             self.cfg.set(name, getattr(gunicorn_conf, name))
+        if "control_socket_disable" in self.cfg.settings:
+            self.cfg.set("control_socket_disable", True)
         self.cfg.set("bind", f"{self.settings.host}:{self.settings.port}")
 
     def load(self):

@@ -19,11 +19,14 @@ SHARED = Path(os.environ.get("SNAPBOT_SHARED_DIR", ROOT.parent / "shared"))
 PG_URL = os.environ.get("TEST_DATABASE_URL")
 
 requires_pg = pytest.mark.skipif(
-    not PG_URL, reason="TEST_DATABASE_URL is not set: PostgreSQL tests need a database (.ci/run sets it)"
+    not PG_URL,
+    reason="TEST_DATABASE_URL is not set: PostgreSQL tests need a database (.ci/run sets it)",
 )
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02, what: str = ""):
+def wait_until(
+    predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02, what: str = ""
+):
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
@@ -44,7 +47,9 @@ def sqlite_url(tmp_path) -> str:
 def pg_url() -> Iterator[str]:
     """A PostgreSQL URL whose search_path is a schema of its own, dropped afterwards."""
     if not PG_URL:
-        pytest.skip("TEST_DATABASE_URL is not set: PostgreSQL tests need a database (.ci/run sets it)")
+        pytest.skip(
+            "TEST_DATABASE_URL is not set: PostgreSQL tests need a database (.ci/run sets it)"
+        )
     schema = f"t_{uuid.uuid4().hex[:12]}"
     admin = create_engine(normalise_url(PG_URL), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:

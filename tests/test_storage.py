@@ -18,8 +18,18 @@ def test_migrations_run_from_empty_twice_in_a_row(db_url):
     migrate(eng)
     migrate(eng)
     tables = set(inspect(eng).get_table_names())
-    assert {"audit_event", "audit_head", "restore_request", "approval", "watch", "lease", "job",
-            "outbox", "slack_delivery", "alembic_version"} <= tables
+    assert {
+        "audit_event",
+        "audit_head",
+        "restore_request",
+        "approval",
+        "watch",
+        "lease",
+        "job",
+        "outbox",
+        "slack_delivery",
+        "alembic_version",
+    } <= tables
     with session_scope(eng) as s:
         assert repo.audit_head(s) == (0, audit_chain.GENESIS_HASH)
     eng.dispose()
@@ -60,14 +70,22 @@ def test_lease_is_held_by_one_owner_until_it_lapses_or_is_released(engine):
     with session_scope(engine) as s:
         assert repo.acquire_lease(s, name="duties", owner="a", now=t0, ttl=ttl)
     with session_scope(engine) as s:
-        assert not repo.acquire_lease(s, name="duties", owner="b", now=t0 + timedelta(seconds=5), ttl=ttl)
-        assert repo.acquire_lease(s, name="duties", owner="a", now=t0 + timedelta(seconds=5), ttl=ttl)
+        assert not repo.acquire_lease(
+            s, name="duties", owner="b", now=t0 + timedelta(seconds=5), ttl=ttl
+        )
+        assert repo.acquire_lease(
+            s, name="duties", owner="a", now=t0 + timedelta(seconds=5), ttl=ttl
+        )
     with session_scope(engine) as s:
-        assert repo.acquire_lease(s, name="duties", owner="b", now=t0 + timedelta(seconds=16), ttl=ttl)
+        assert repo.acquire_lease(
+            s, name="duties", owner="b", now=t0 + timedelta(seconds=16), ttl=ttl
+        )
         assert repo.lease_holder(s, name="duties", now=t0 + timedelta(seconds=16)) == "b"
     with session_scope(engine) as s:
         assert repo.release_lease(s, name="duties", owner="b", now=t0 + timedelta(seconds=17))
-        assert repo.acquire_lease(s, name="duties", owner="a", now=t0 + timedelta(seconds=17), ttl=ttl)
+        assert repo.acquire_lease(
+            s, name="duties", owner="a", now=t0 + timedelta(seconds=17), ttl=ttl
+        )
 
 
 def test_a_delivery_is_recorded_once(engine):
@@ -96,19 +114,31 @@ def test_job_is_claimed_by_one_worker_and_orphans_are_reclaimed(engine):
 def test_outbox_key_queues_once_and_claim_is_exclusive(engine):
     t0 = now()
     with session_scope(engine) as s:
-        mid = repo.enqueue_message(s, method="chat.postMessage", payload={"text": "x"}, now=t0, key="w1")
-        assert repo.enqueue_message(s, method="chat.postMessage", payload={"text": "x"}, now=t0, key="w1") is None
+        mid = repo.enqueue_message(
+            s, method="chat.postMessage", payload={"text": "x"}, now=t0, key="w1"
+        )
+        assert (
+            repo.enqueue_message(
+                s, method="chat.postMessage", payload={"text": "x"}, now=t0, key="w1"
+            )
+            is None
+        )
     with session_scope(engine) as s:
         assert repo.claim_message(s, message_id=mid, owner="a", now=t0, lease=timedelta(seconds=30))
     with session_scope(engine) as s:
-        assert repo.claim_message(s, message_id=mid, owner="b", now=t0, lease=timedelta(seconds=30)) is None
+        assert (
+            repo.claim_message(s, message_id=mid, owner="b", now=t0, lease=timedelta(seconds=30))
+            is None
+        )
 
 
 def test_concurrent_audit_appends_keep_one_chain(engine):
     def work(n):
         for i in range(40):
             with session_scope(engine) as s:
-                repo.append_audit(s, now=now(), action="t", outcome="ok", actor=f"U{n}", detail=str(i))
+                repo.append_audit(
+                    s, now=now(), action="t", outcome="ok", actor=f"U{n}", detail=str(i)
+                )
 
     threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
     for t in threads:

@@ -842,6 +842,7 @@ class Services:
             self.outbox.flush([mid])
             return
         ts = self.outbox.ts_of(key)
+        link = self.permalink(actor.channel, ts)  # a Slack call: never inside a transaction
         with session_scope(self.engine) as s:
             if ts:
                 repo.set_request_message(s, request_id=req.id, channel=actor.channel, ts=ts)
@@ -850,13 +851,13 @@ class Services:
                 f":rotating_light: Restore requested: {mention(actor.user)} wants to restore "
                 f"*{req.server_name}* from *{req.snapshot_name}* (request #{req.id}, taken "
                 f"{when(req.snapshot_created_at)}). Reason: {reason or 'none given'}.",
-                link=self.permalink(actor.channel, ts),
+                link=link,
                 key=f"incident:req:{req.id}:opened",
             )
         self.outbox.flush([mid])
 
-    def _request_view(self, s, request_id: int) -> tuple[RestoreRequest | None, frozenset[str]]:
-        req = repo.get_restore_request(s, request_id=request_id)
+    def _request_view(self, s, request_id: int, *, lock: bool = False) -> tuple[RestoreRequest | None, frozenset[str]]:
+        req = repo.get_restore_request(s, request_id=request_id, lock=lock)
         return req, (repo.approvers_of(s, request_id=request_id) if req else frozenset())
 
     def approve(self, actor: Actor, request_id: int) -> None:
@@ -864,7 +865,7 @@ class Services:
         groups = self.groups.groups_of(actor.user, self.policy.approvers)
         now = self.clock()
         with session_scope(self.engine) as s:
-            req, approvals = self._request_view(s, request_id)
+            req, approvals = self._request_view(s, request_id, lock=True)
             if req is None:
                 self.audit(
                     s, actor, "restore.approve", "denied", target=target, detail="no such request"
@@ -931,6 +932,7 @@ class Services:
                 self._refresh_request(request_id)
             return
         if decision.verdict == approval.Verdict.APPROVE and won:
+            link = self.permalink(req.channel, req.message_ts)
             with session_scope(self.engine) as s:
                 req, approvals = self._request_view(s, request_id)
                 mids = [
@@ -939,7 +941,7 @@ class Services:
                         s,
                         f":white_check_mark: Restore #{req.id} of *{req.server_name}* approved "
                         f"by {', '.join(mention(a) for a in sorted(approvals))}.",
-                        link=self.permalink(req.channel, req.message_ts),
+                        link=link,
                         key=f"incident:req:{req.id}:approved",
                     ),
                 ]
@@ -965,7 +967,7 @@ class Services:
         groups = self.groups.groups_of(actor.user, self.policy.approvers)
         now = self.clock()
         with session_scope(self.engine) as s:
-            req, approvals = self._request_view(s, request_id)
+            req, approvals = self._request_view(s, request_id, lock=True)
             if req is None:
                 self.audit(
                     s, actor, "restore.reject", "denied", target=target, detail="no such request"
@@ -1007,6 +1009,7 @@ class Services:
         if decision.new_state is None or decision.outcome == "denied":
             self._answer_decision(actor, req, decision)
             return
+        link = self.permalink(req.channel, req.message_ts)
         with session_scope(self.engine) as s:
             req, approvals = self._request_view(s, request_id)
             word = "cancelled by the requester" if req.state == "cancelled" else "rejected"
@@ -1023,7 +1026,7 @@ class Services:
                     s,
                     f":no_entry_sign: Restore #{req.id} of *{req.server_name}* {word} by "
                     f"{mention(actor.user)}.",
-                    link=self.permalink(req.channel, req.message_ts),
+                    link=link,
                     key=f"incident:req:{req.id}:{req.state}",
                 ),
             ]
@@ -1137,6 +1140,7 @@ class Services:
         provider_call: bool = False,
     ) -> None:
         now = self.clock()
+        link = self.permalink(req.channel, req.message_ts)
         with session_scope(self.engine) as s:
             if not repo.transition_request(
                 s,
@@ -1172,7 +1176,7 @@ class Services:
                         if ok
                         else f":x: Restore #{req.id} of *{req.server_name}* {to_state}: {detail}"
                     ),
-                    link=self.permalink(req.channel, req.message_ts),
+                    link=link,
                     key=f"incident:req:{req.id}:{to_state}",
                 ),
             ]

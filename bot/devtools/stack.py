@@ -27,6 +27,8 @@ from bot.devtools.slack_signing import (
 from bot.runtime import Runtime, build_runtime
 from bot.vps.simulator import SimHandle, start_simulator
 from bot.web import WebApp
+from storage import repositories as repo
+from storage.db import session_scope
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +36,15 @@ SIGNING_SECRET = "local-signing-secret-0123456789abcdef"
 BOT_TOKEN = "xoxb-local-bot-token"
 VPS_TOKEN = "local-vps-token"
 INCIDENT_CHANNEL = "CINCIDENT"
+RESTORE_CALL = "POST snapshots/{id}/restore/"  # the simulator's counter key
 
 
 class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default listen backlog is 5: a burst of commands (Slack sends them
+    # concurrently) would be reset by the kernel before the app saw them. gunicorn: 2048.
+    request_queue_size = 128
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -50,7 +56,13 @@ def serve_wsgi(app, host: str = "127.0.0.1", port: int = 0) -> tuple[WSGIServer,
     server = make_server(
         host, port, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler
     )
-    thread = threading.Thread(target=server.serve_forever, name="snapbot-http", daemon=True)
+    # A short poll interval: shutdown() waits for it, and the tests stop many stacks.
+    thread = threading.Thread(
+        target=server.serve_forever,
+        kwargs={"poll_interval": 0.05},
+        name="snapbot-http",
+        daemon=True,
+    )
     thread.start()
     return server, thread
 
@@ -121,6 +133,13 @@ class LocalStack:
     _tmp: tempfile.TemporaryDirectory | None = None
 
     def start(self) -> LocalStack:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()  # whatever did start (servers, threads, the temp dir) goes again
+            raise
+
+    def _start(self) -> LocalStack:
         self.sim = start_simulator(
             token=VPS_TOKEN,
             create_seconds=self.create_seconds,
@@ -161,6 +180,24 @@ class LocalStack:
 
     def user(self, user_id: str, channel: str = "C1") -> SlackUser:
         return SlackUser(self, user_id, channel)
+
+    @property
+    def restore_calls(self) -> int:
+        """How many restores reached the provider (the simulator counts them)."""
+        return self.sim.state.calls[RESTORE_CALL]
+
+    def settled(self) -> bool:
+        """Nothing left to do for what was asked so far: no request still queued or
+        running, and no Slack message waiting to be sent. (Watches are not work in
+        progress: their replies come when the provider says so.)"""
+        with session_scope(self.runtime.engine, readonly=True) as s:
+            busy = repo.count_jobs(s, states=("queued", "running"))
+            unsent = repo.count_messages(s, state="pending")
+        return busy == 0 and unsent == 0
+
+    def wait_settled(self, timeout: float = 15.0) -> None:
+        """Wait until `settled()`, re-checking whenever the fake Slack records something."""
+        self.slack.wait_for(self.settled, timeout, what="the app to finish its work")
 
     def stop(self) -> None:
         if self.server is not None:

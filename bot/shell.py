@@ -1,0 +1,280 @@
+"""`snapbot shell`: chat with snapbot locally, in the spirit of Errbot's text backend
+and Hubot's shell adapter.
+
+The same stack as `snapbot demo` (provider simulator, loopback Slack stand-in, the
+real app over HTTP, a temporary SQLite database). What you type is sent as Slack
+sends it, signed, as the current user in #ops; what the app posts is read back from
+the Slack stand-in and printed, buttons numbered:
+
+    alice@#ops> /snapshot restore 801 bad deploy
+    snapbot: 🚨 Restore request #1: @alice wants to restore web-server-01 …
+        [5 Approve] [6 Reject]
+    alice@#ops> /as bob
+    bob@#ops> 5
+
+Answers arrive after the app's acknowledgement, so each command waits (with a
+deadline) until the app has finished with it; later news (a snapshot completing, a
+restore finishing) is shown before the next prompt, or by `/wait`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sys
+from collections.abc import Callable
+from typing import TextIO
+
+from bot.demo import ack_body, local_stack, quiet_logs
+from bot.devtools.slack_signing import find_button
+from bot.devtools.stack import INCIDENT_CHANNEL, LocalStack, SlackUser
+from bot.devtools.transcript import BOT_NAME, Feed, Names, render_blocks, speaker
+
+OPS = "C1"
+ANSWER_TIMEOUT = 15.0
+DEFAULT_WAIT = 10.0
+MAX_WAIT = 120.0
+
+HELP = """\
+Type a slash command as the current user, e.g.
+  /snapshot list                 /snapshot create web-server-01 before-fix
+  /snapshot restore 801 reason   /snapshot pending      /snapshot audit 5
+Shell commands:
+  /press N  (or just N)   press button N as the current user
+  /as USER                become someone else: a name or an ID ({users})
+  /wait [SECONDS]         wait for news, e.g. a snapshot completing (default {wait:g} s)
+  /help                   this help
+  /quit                   leave (so does Ctrl-D)
+The provider simulator takes 3 s per snapshot and per restore."""
+
+
+class Shell:
+    def __init__(
+        self,
+        stack: LocalStack,
+        user: str,
+        *,
+        names: Names | None = None,
+        read: Callable[[str], str | None],
+        out: Callable[[str], None],
+        width: int = 100,
+    ) -> None:
+        self.stack = stack
+        self.names = names or Names()
+        self.user = user
+        self.read = read
+        self.out = out
+        self.feed = Feed(
+            stack.slack, self.names, channels=(OPS, INCIDENT_CHANNEL), home=OPS, width=width
+        )
+
+    @property
+    def prompt(self) -> str:
+        return f"{self.names.user(self.user)}@{self.names.channel(OPS)}> "
+
+    def loop(self) -> int:
+        while True:
+            self.show_news()
+            line = self.read(self.prompt)
+            if line is None:
+                self.out("")
+                return 0
+            if not self.handle(line.strip()):
+                return 0
+
+    # --- one line
+
+    def handle(self, line: str) -> bool:
+        """Act on one line; False when the shell should end."""
+        if not line:
+            return True
+        word, _, rest = line.partition(" ")
+        rest = rest.strip()
+        if word == "/snapshot":
+            self.command(rest)
+        elif word.isdigit():
+            self.press(word)
+        elif word == "/press":
+            self.press(rest)
+        elif word == "/as":
+            self.become(rest)
+        elif word == "/wait":
+            self.wait(rest)
+        elif word in ("/help", "/?"):
+            users = ", ".join(f"{n} ({u})" for u, n in self.names.users.items() if n != BOT_NAME)
+            self.out(HELP.format(users=users, wait=DEFAULT_WAIT))
+        elif word in ("/quit", "/exit"):
+            return False
+        elif word.startswith("/"):
+            self.out(f"Unknown command {word}: snapbot answers /snapshot; /help lists the rest.")
+        else:
+            self.out(
+                "(snapbot only listens to /snapshot commands; /help lists what the shell knows)"
+            )
+        return True
+
+    def command(self, text: str) -> None:
+        response = SlackUser(self.stack, self.user, OPS).command(text)
+        if response.status_code != 200:
+            self.out(f"(the app answered HTTP {response.status_code})")
+            return
+        ack = ack_body(response)
+        if ack:
+            body = render_blocks(ack.get("blocks"), ack.get("text"), self.names)
+            self.say(body, f"{BOT_NAME} (only you)")
+        self.settle()
+
+    def press(self, number: str) -> None:
+        if not number.isdigit():
+            self.out("Usage: /press N, where N is a button's number, e.g. [5 Approve] -> /press 5")
+            return
+        button = self.feed.buttons.get(int(number))
+        if button is None:
+            self.out(f"There is no button {number}.")
+            return
+        if button.ephemeral and button.owner != self.user:
+            owner = self.names.user(button.owner)
+            self.out(f"Button {number} is on a message only {owner} sees; /as {owner} first.")
+            return
+        message = self._message_of(button)
+        if message is None:
+            self.out(f"The message with button {number} is gone.")
+            return
+        try:
+            find_button(message.blocks, button.action_id, value=button.value)
+        except LookupError:
+            self.out(f"Button {number} ([{button.label}]) is no longer on that message.")
+            return
+        if button.confirm and not self.confirmed(button.confirm):
+            self.out("Not pressed.")
+            return
+        response = SlackUser(self.stack, self.user, button.channel).press(
+            message, button.action_id, value=button.value
+        )
+        if response.status_code != 200:
+            self.out(f"(the app answered HTTP {response.status_code})")
+            return
+        self.settle()
+
+    def confirmed(self, confirm) -> bool:
+        """Slack asks before sending a button that carries a confirm dialog; so do we."""
+
+        def text(key: str) -> str:
+            return "\n".join(render_blocks(None, (confirm.get(key) or {}).get("text"), self.names))
+
+        self.out(f"  ┌ {text('title')}")
+        for line in text("text").splitlines():
+            self.out(f"  │ {line}")
+        answer = self.read(f"  └ [{text('confirm')}] or [{text('deny')}]? (y/N) ")
+        return (answer or "").strip().lower() in ("y", "yes")
+
+    def become(self, who: str) -> None:
+        user = self.names.user_id(who) if who else None
+        if user is None:
+            known = ", ".join(n for n in self.names.users.values() if n != BOT_NAME)
+            self.out(f"Who is {who or '?'}? Try one of {known}, or a Slack user ID like U7.")
+            return
+        self.user = user
+        self.out(f"You are now {self.names.user(user)} ({user}).")
+
+    def wait(self, seconds: str) -> None:
+        try:
+            limit = min(float(seconds), MAX_WAIT) if seconds else DEFAULT_WAIT
+        except ValueError:
+            self.out("Usage: /wait [SECONDS]")
+            return
+        try:
+            self.stack.slack.wait_for(lambda: self.feed.pending(self.user), limit)
+        except AssertionError:
+            self.out(f"(nothing new in {limit:g} s)")
+            return
+        self.settle()
+
+    # --- output
+
+    def settle(self) -> None:
+        """Wait until the app has done what it was asked (answers come after the ack)."""
+        try:
+            self.stack.wait_settled(ANSWER_TIMEOUT)
+        except AssertionError:
+            self.out(f"(the app is still working after {ANSWER_TIMEOUT:g} s; /wait for more)")
+        self.show_news()
+
+    def show_news(self) -> None:
+        for line in self.feed.new_lines(self.user):
+            self.out(line)
+
+    def say(self, lines: list[str], who: str) -> None:
+        for line in speaker(lines, who, width=self.feed.width):
+            self.out(line)
+
+    def _message_of(self, button):
+        fake = self.stack.slack
+        if button.ephemeral:
+            return next(
+                (e for e in fake.ephemerals(user=button.owner) if e.message_ts == button.ts), None
+            )
+        return fake.message(button.channel, button.ts)
+
+
+def _reader(stdin: TextIO, out: Callable[[str], None]) -> Callable[[str], str | None]:
+    """input() with line editing on a terminal; on a pipe, the line is echoed after the
+    prompt so that the output reads as a conversation."""
+    if stdin.isatty():
+        with contextlib.suppress(ImportError):
+            import readline  # noqa: F401 - line editing and history for input()
+
+        def read_tty(prompt: str) -> str | None:
+            try:
+                return input(prompt)
+            except EOFError:
+                return None
+
+        return read_tty
+
+    def read_pipe(prompt: str) -> str | None:
+        line = stdin.readline()
+        if not line:
+            return None
+        out(prompt + line.rstrip("\n"))
+        return line
+
+    return read_pipe
+
+
+def run_shell(user: str = "U1") -> int:
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="replace")
+    names = Names()
+    user_id = names.user_id(user)
+    if user_id is None:
+        print(f"snapbot shell: --user must be a Slack user ID like U1 or a name ({user!r})")
+        return 2
+
+    def out(line: str) -> None:
+        print(line, flush=True)
+
+    quiet_logs()
+    try:
+        stack = local_stack().start()
+    except Exception as exc:
+        out(f"snapbot shell: could not start the local stack: {type(exc).__name__}: {exc}")
+        return 1
+    width = max(60, min(shutil.get_terminal_size((100, 24)).columns, 120))
+    shell = Shell(stack, user_id, names=names, read=_reader(sys.stdin, out), out=out, width=width)
+    out(
+        f"snapbot shell: you are {names.user(user_id)} ({user_id}) in #ops, talking to the real app "
+        "over a local Slack stand-in and a provider simulator."
+    )
+    out("Try /snapshot list; /help for the shell's commands, /quit to leave.")
+    try:
+        return shell.loop()
+    except KeyboardInterrupt:
+        out("")
+        return 0
+    finally:
+        stack.stop()
+
+
+__all__ = ["HELP", "Shell", "run_shell"]

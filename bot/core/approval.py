@@ -116,8 +116,24 @@ def _closed(request: RequestView, now: datetime) -> Decision | None:
         return Decision(Verdict.EXPIRED, "This restore request has expired; open a new one.")
     if request.state != State.PENDING:
         who = f" by <@{request.decided_by}>" if request.decided_by else ""
+        if request.state in _AFTER_APPROVAL:
+            # "already succeeded by X" would name the approver as the one who restored.
+            return Decision(
+                Verdict.CLOSED,
+                f"This request was already approved{who}; "
+                f"the restore {_AFTER_APPROVAL[request.state]}.",
+            )
         return Decision(Verdict.CLOSED, f"This request was already {request.state.value}{who}.")
     return None
+
+
+_AFTER_APPROVAL = {
+    State.APPROVED: "is starting",
+    State.EXECUTING: "is starting",
+    State.SUCCEEDED: "has started",
+    State.FAILED: "failed",
+    State.INTERRUPTED: "was interrupted",
+}
 
 
 def decide_approval(

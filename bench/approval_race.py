@@ -1,0 +1,272 @@
+"""N people press Approve on the same restore request at the same moment, their
+presses split across two snapbot `web` processes (gunicorn, the Procfile's command)
+on one PostgreSQL database. How many restores reach the provider per request (must
+be exactly 1.000), and how long from the click to the restore call?
+
+The provider simulator and the fake Slack API run in this process; each round opens
+a request (/snapshot restore, alternating processes), waits for its message, then
+releases N threads from a barrier, each posting a signed Approve press to one of the
+two processes. The click time is the barrier's release; the restore time is the
+simulator's write-log timestamp of `POST snapshots/{id}/restore/` (same clock).
+
+    python bench/approval_race.py [--database-url postgresql://…] [--rounds 200]
+                                  [--approvers 2,8,32]
+
+The database URL comes from --database-url, else TEST_DATABASE_URL. A fresh schema
+is created in it and dropped afterwards. Exit status 0 only when every N saw exactly
+one restore call per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import create_engine, text  # noqa: E402
+
+from bot.blocks import ids  # noqa: E402
+from bot.devtools.fake_slack import FakeSlack  # noqa: E402
+from bot.devtools.slack_signing import (  # noqa: E402
+    SlackClientSim,
+    button_press_body,
+    slash_command_body,
+)
+from bot.devtools.stack import BOT_TOKEN, SIGNING_SECRET, VPS_TOKEN  # noqa: E402
+from bot.vps.simulator import start_simulator  # noqa: E402
+from storage import repositories as repo  # noqa: E402
+from storage.db import make_engine, normalise_url, session_scope  # noqa: E402
+from tests.procs import Proc, start_web  # noqa: E402
+
+TERMINAL = {"succeeded", "failed", "interrupted", "rejected", "cancelled", "expired"}
+ROUND_TIMEOUT_S = 30.0
+
+
+def wait(predicate: Callable[[], object], timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.005)
+
+
+class Bench:
+    def __init__(self, db_url: str, workdir: Path) -> None:
+        self.sim = start_simulator(token=VPS_TOKEN, create_seconds=0.0, restore_seconds=0.05)
+        self.fake = FakeSlack().start()
+        self.db_url = db_url
+        settings = {
+            "SLACK_BOT_TOKEN": BOT_TOKEN,
+            "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+            "SLACK_API_URL": self.fake.api_url,
+            "VPS_API_URL": self.sim.url,
+            "VPS_API_TOKEN": VPS_TOKEN,
+            "DATABASE_URL": db_url,
+            "SNAPSHOT_POLL_SECONDS": "0.5",
+            "LOG_LEVEL": "WARNING",
+        }
+        with ThreadPoolExecutor(2) as pool:
+            self.procs: list[Proc] = list(
+                pool.map(lambda n: start_web(settings, workdir, workers=1, name=n), ("a", "b"))
+            )
+        self.engine = make_engine(db_url)
+        self.clients = {
+            p.url: SlackClientSim(p.url + "/slack/events", SIGNING_SECRET) for p in self.procs
+        }
+        # One completed snapshot per server: consecutive rounds restore different servers
+        # (a server is `restoring` for a moment after each restore).
+        self.snapshots = [801] + [
+            self.sim.state.create_snapshot({"server_id": server, "name": "bench-race"})["id"]
+            for server in (12346, 12347)
+        ]
+        self.opened = 0
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for client in self.clients.values():
+            client.close()
+        self.engine.dispose()
+        self.fake.stop()
+        self.sim.stop()
+
+    def post(self, proc: Proc, body: bytes) -> int:
+        return self.clients[proc.url].post(body).status_code
+
+    def request(self, rid: int):
+        with session_scope(self.engine, readonly=True) as s:
+            return repo.get_restore_request(s, request_id=rid)
+
+    def jobs_done(self) -> bool:
+        with session_scope(self.engine, readonly=True) as s:
+            return repo.count_jobs(s, states=["queued", "running"]) == 0
+
+    def restore_writes(self, snapshot_id: int) -> list[float]:
+        path = f"snapshots/{snapshot_id}/restore/"
+        return [t for t, m, p in list(self.sim.state.writes) if m == "POST" and p == path]
+
+    def open_request(self, proc: Proc, snapshot_id: int):
+        before = {m.ts for m in self.fake.messages("C1")}
+        body = slash_command_body(
+            f"restore {snapshot_id} bench",
+            user_id="UREQ",
+            channel_id="C1",
+            response_url=self.fake.response_url("command", channel="C1", user="UREQ"),
+        )
+        assert self.post(proc, body) == 200
+
+        def posted():
+            for m in self.fake.messages("C1"):
+                if m.ts not in before and (m.text or "").startswith("Restore request #"):
+                    return m
+            return None
+
+        message = wait(posted, ROUND_TIMEOUT_S, "the request message")
+        rid = int(message.text.split("#", 1)[1].split(" ", 1)[0])
+        return rid, message
+
+    def round(self, n: int, approvers: int) -> tuple[int, float | None]:
+        """One request, ``approvers`` simultaneous presses: (restore calls, seconds from
+        click to restore call)."""
+        snapshot = self.snapshots[self.opened % len(self.snapshots)]
+        proc = self.procs[self.opened % 2]
+        self.opened += 1
+        before = len(self.restore_writes(snapshot))
+        rid, message = self.open_request(proc, snapshot)
+        bodies = [
+            button_press_body(
+                message,
+                ids.APPROVE,
+                user_id=f"UB{n:03d}X{i:02d}",
+                response_url=self.fake.response_url(
+                    "button", channel="C1", user=f"UB{n:03d}X{i:02d}", message_ts=message.ts
+                ),
+            )
+            for i in range(approvers)
+        ]
+        released: list[float] = []
+        barrier = threading.Barrier(approvers, action=lambda: released.append(time.time()))
+        statuses = [0] * approvers
+
+        def press(i: int) -> None:
+            barrier.wait()
+            statuses[i] = self.post(self.procs[i % 2], bodies[i])
+
+        threads = [threading.Thread(target=press, args=(i,)) for i in range(approvers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if statuses != [200] * approvers:
+            raise RuntimeError(f"round {n}: presses answered {statuses}")
+        wait(
+            lambda: self.request(rid).state in TERMINAL and self.jobs_done(),
+            ROUND_TIMEOUT_S,
+            f"round {n} (request #{rid}) to finish",
+        )
+        writes = self.restore_writes(snapshot)[before:]
+        latency = writes[0] - released[0] if writes else None
+        state = self.request(rid).state
+        if state != "succeeded":
+            print(f"  round {n}: request #{rid} ended {state}", file=sys.stderr)
+        return len(writes), latency
+
+
+def fresh_schema(base_url: str) -> tuple[str, Callable[[], None]]:
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(normalise_url(base_url), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in base_url else "?"
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+    return f"{normalise_url(base_url)}{sep}options=-csearch_path%3D{schema}", drop
+
+
+def percentile(values: list[float], p: int) -> float:
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[p - 1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database-url", default=os.environ.get("TEST_DATABASE_URL"))
+    parser.add_argument("--rounds", type=int, default=200, help="requests per N (200)")
+    parser.add_argument(
+        "--approvers", default="2,8,32", help="comma-separated N: simultaneous approvers"
+    )
+    args = parser.parse_args()
+    if not args.database_url or not normalise_url(args.database_url).startswith("postgresql"):
+        print(
+            "approval_race: needs PostgreSQL (several processes share it): pass "
+            "--database-url postgresql://user@host/db or set TEST_DATABASE_URL",
+            file=sys.stderr,
+        )
+        return 2
+    counts = [int(x) for x in args.approvers.split(",") if x.strip()]
+    if args.rounds < 1 or not counts or min(counts) < 1:
+        print("approval_race: --rounds and every N must be positive", file=sys.stderr)
+        return 2
+
+    db_url, drop = fresh_schema(args.database_url)
+    ok = True
+    try:
+        with tempfile.TemporaryDirectory(prefix="approval-race-") as workdir:
+            bench = Bench(db_url, Path(workdir))
+            try:
+                print(
+                    f"2 gunicorn processes, 1 worker each, PostgreSQL; {args.rounds} rounds per N"
+                )
+                for approvers in counts:
+                    calls, latencies = 0, []
+                    started = time.monotonic()
+                    for n in range(args.rounds):
+                        c, latency = bench.round(n, approvers)
+                        calls += c
+                        if latency is not None:
+                            latencies.append(latency)
+                    elapsed = time.monotonic() - started
+                    per_request = calls / args.rounds
+                    good = calls == args.rounds and len(latencies) == args.rounds
+                    ok = ok and good
+                    lat = (
+                        f"click -> restore call p50 {percentile(latencies, 50) * 1000:.0f} ms, "
+                        f"p99 {percentile(latencies, 99) * 1000:.0f} ms, "
+                        f"max {max(latencies) * 1000:.0f} ms"
+                        if latencies
+                        else "no restore call"
+                    )
+                    print(
+                        f"N={approvers:>2}: {args.rounds} requests, {calls} restore calls = "
+                        f"{per_request:.3f} per request{'' if good else '  <-- NOT EXACTLY ONE'}; "
+                        f"{lat}; {elapsed:.1f} s",
+                        flush=True,
+                    )
+            finally:
+                bench.close()
+    finally:
+        drop()
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -5,6 +5,7 @@ Parsing only; each command calls into the package."""
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from datetime import UTC, datetime
@@ -102,12 +103,7 @@ def serve() -> int:
 
     configure_logging(settings.log_level, secrets=settings.secrets())
     if settings.socket_mode:
-        from slack_bolt.adapter.socket_mode import SocketModeHandler
-
-        from bot.runtime import build_runtime
-
-        runtime = build_runtime(settings)
-        handler = SocketModeHandler(runtime.app, settings.slack_app_token)
+        runtime, handler = socket_mode_handler(settings)
 
         def stop(*_):
             runtime.stop()
@@ -115,11 +111,38 @@ def serve() -> int:
             sys.exit(0)
 
         signal.signal(signal.SIGTERM, stop)
-        handler.start()
+        from slack_sdk.errors import SlackApiError
+
+        try:
+            handler.start()
+        except SlackApiError as exc:
+            # e.g. invalid_auth for a wrong or revoked app token: one line, no traceback.
+            runtime.stop()
+            handler.close()
+            print(
+                f"snapbot serve: Slack refused the Socket Mode connection "
+                f"({exc.response.get('error', 'error')}); check SLACK_APP_TOKEN "
+                "(an app-level token with connections:write).",
+                file=sys.stderr,
+            )
+            return 1
         return 0
     from bot.server import run_gunicorn
 
     return run_gunicorn(settings)
+
+
+def socket_mode_handler(settings, *, start_duties: bool = True):
+    """(runtime, handler) for Socket Mode: the same app as over HTTP, but with request
+    verification off (Slack's WebSocket carries no signature) and a slack_bolt
+    SocketModeHandler on the app's own WebClient (so SLACK_API_URL applies). Nothing
+    is connected until ``handler.start()`` / ``connect()``."""
+    from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+    from bot.runtime import build_runtime
+
+    runtime = build_runtime(settings, start_duties=start_duties)
+    return runtime, SocketModeHandler(runtime.app, settings.slack_app_token)
 
 
 def audit(args) -> int:
@@ -162,7 +185,14 @@ def audit(args) -> int:
                 return 2
             if since.tzinfo is None:
                 since = since.replace(tzinfo=UTC)
-        export(engine, sys.stdout, fmt=args.format, since=since, actor=args.actor)
+        try:
+            export(engine, sys.stdout, fmt=args.format, since=since, actor=args.actor)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # The reader stopped early (`… | head`): no traceback. Python's own recipe:
+            # point stdout at /dev/null so the interpreter's final flush stays quiet.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
         return 0
     print("usage: snapbot audit {verify,export} …", file=sys.stderr)
     return 2

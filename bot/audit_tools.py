@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
+import multiprocessing
+import os
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TextIO
 
@@ -12,7 +18,7 @@ from sqlalchemy import Engine
 
 from bot.core import audit_chain
 from storage import repositories as repo
-from storage.db import session_scope
+from storage.db import make_engine, session_scope
 
 EXPORT_FIELDS = (
     "id",
@@ -29,33 +35,206 @@ EXPORT_FIELDS = (
 )
 
 
+VERIFY_PAGE = 20_000
+HEAD_RETRIES = 20
+PARALLEL_FROM = 200_000  # rows; a smaller log is verified before workers would have started
+MAX_WORKERS = 4
+
+
 def verify(
-    engine: Engine, key: bytes | None, *, checkpoint: tuple[int, str] | None = None
+    engine: Engine,
+    key: bytes | None,
+    *,
+    checkpoint: tuple[int, str] | None = None,
+    workers: int | None = None,
 ) -> audit_chain.VerifyResult:
-    result = audit_chain.verify_rows(repo.stream_audit_rows(engine), key, checkpoint=checkpoint)
-    if result.ok:
-        # The head row must agree with the last row: rows cut from the end while the
-        # head was left alone show up here even without a checkpoint.
+    """Walk the whole chain and name the first row that breaks it; then hold the chain
+    against the head row (count and hash, updated by every append in the same
+    transaction as its row) and against ``checkpoint`` (COUNT, HASH) when given.
+
+    A long log is cut into id ranges walked by ``workers`` processes at once (default:
+    one per CPU, up to MAX_WORKERS, from PARALLEL_FROM rows); each range is verified on
+    its own and this process checks that each range starts where the one before ended.
+
+    The head is read after the rows: a bot appending meanwhile only moves it further,
+    so rows that reached the head after the walk are walked too and the check repeats.
+    Rows beyond the head were not written by snapbot's append; a head beyond the rows
+    means rows were cut from the end."""
+    walk = _Walk()
+    with session_scope(engine, readonly=True) as s:
+        count = repo.audit_head(s)[0]
+    if workers is None:
+        workers = min(os.cpu_count() or 1, MAX_WORKERS) if count >= PARALLEL_FROM else 1
+    if engine.url.database in (None, "", ":memory:") and engine.dialect.name == "sqlite":
+        workers = 1  # another process cannot open this database
+    result = None
+    if 1 < workers <= count:
+        result = _walk_in_parallel(engine, key, count, workers, walk)
+    if result is None:  # the rest of the chain (all of it, without workers) in this process
+        tail = audit_chain.verify_rows(
+            _rows_then_tail(engine, walk), key, start=(walk.next_id, walk.prev)
+        )
+        result = audit_chain.VerifyResult(walk.rows + tail.rows, tail.head_hash, tail.broken)
+        if result.ok:
+            result = _against_head(result, walk.head)
+    return _against_checkpoint(engine, result, checkpoint)
+
+
+@dataclass
+class _Walk:
+    """How far the chain has been walked: the id and prev_hash the next row must have."""
+
+    next_id: int = 1
+    prev: str = audit_chain.GENESIS_HASH
+    rows: int = 0
+    after: int | None = None  # the id the walk in this process resumes after
+    head: tuple[int, str] = (0, audit_chain.GENESIS_HASH)
+
+
+def _rows_then_tail(engine: Engine, walk: _Walk) -> Iterator[tuple]:
+    last = walk.after
+    for _ in range(HEAD_RETRIES):
+        last = yield from repo.stream_audit_rows(
+            engine, after=last, batch=VERIFY_PAGE, time_as_text=True
+        )
         with session_scope(engine, readonly=True) as s:
-            count, head = repo.audit_head(s)
-        if (count, head) != (result.rows, result.head_hash):
-            return audit_chain.VerifyResult(
-                result.rows,
-                result.head_hash,
-                audit_chain.Broken(
-                    result.rows + 1, f"the chain head says {count} rows, the log has {result.rows}"
-                ),
-            )
+            walk.head = repo.audit_head(s)
+        if walk.head[0] <= (last or 0):
+            return
+
+
+def _against_head(
+    result: audit_chain.VerifyResult, head: tuple[int, str]
+) -> audit_chain.VerifyResult:
+    count, digest = head
+    if result.rows > count:
+        return _broken(result, count + 1, f"not recorded in the chain head (it says {count} rows)")
+    if result.rows < count:
+        return _broken(
+            result,
+            result.rows + 1,
+            f"missing: the chain head says {count} rows, the log ends at row {result.rows}",
+        )
+    if digest != result.head_hash:
+        return _broken(result, count, "does not match the chain head's hash")
     return result
+
+
+def _against_checkpoint(
+    engine: Engine, result: audit_chain.VerifyResult, checkpoint: tuple[int, str] | None
+) -> audit_chain.VerifyResult:
+    """Rows 1..result.rows are a sound chain; the checkpoint must be one of its links
+    (reported before any later break), or lie beyond an intact log that was cut."""
+    if checkpoint is None:
+        return result
+    count, digest = checkpoint
+    if count <= result.rows:
+        if count == 0:
+            found = audit_chain.GENESIS_HASH
+        else:
+            with session_scope(engine, readonly=True) as s:
+                found = repo.audit_hash_at(s, row_id=count)
+        if found != digest:
+            return audit_chain.VerifyResult(
+                max(count - 1, 0),
+                result.head_hash,
+                audit_chain.Broken(max(count, 1), "does not match the checkpoint"),
+            )
+        return result
+    if result.ok:
+        return _broken(
+            result, result.rows + 1, f"log ends at row {result.rows}, checkpoint has {count}"
+        )
+    return result
+
+
+def _broken(result: audit_chain.VerifyResult, row_id: int, why: str) -> audit_chain.VerifyResult:
+    return audit_chain.VerifyResult(result.rows, result.head_hash, audit_chain.Broken(row_id, why))
+
+
+# --- several processes ---------------------------------------------------------------------
+
+
+def _walk_in_parallel(
+    engine: Engine, key: bytes | None, count: int, workers: int, walk: _Walk
+) -> audit_chain.VerifyResult | None:
+    """Verify ids up to ``count`` in ``workers`` ranges at once. A break is returned;
+    None means every range held and linked on, and ``walk`` is at their end."""
+    size = -(-count // workers)
+    ranges = [(None if i == 0 else i * size, min((i + 1) * size, count)) for i in range(workers)]
+    url = engine.url.render_as_string(hide_password=False)
+    with ProcessPoolExecutor(len(ranges), mp_context=_process_context()) as pool:
+        stretches = [pool.submit(_verify_range, url, key, a, b) for a, b in ranges]
+        for stretch in stretches:
+            first_id, first_prev, part = stretch.result()
+            if first_id is None:  # nothing in the range: the next one must still link
+                continue
+            broken = None
+            if first_id != walk.next_id:
+                why = "row(s) missing before it" if first_id > walk.next_id else "out of order"
+                broken = audit_chain.Broken(first_id, why)
+            elif first_prev != walk.prev:
+                broken = audit_chain.Broken(first_id, "does not link to the row before")
+            elif not part.ok:
+                walk.rows, walk.prev, broken = walk.rows + part.rows, part.head_hash, part.broken
+            if broken is not None:
+                for later in stretches:
+                    later.cancel()
+                return audit_chain.VerifyResult(walk.rows, walk.prev, broken)
+            walk.rows += part.rows
+            walk.next_id = first_id + part.rows
+            walk.prev = part.head_hash
+    walk.after = count
+    return None
+
+
+def _verify_range(
+    url: str, key: bytes | None, after: int | None, upto: int
+) -> tuple[int | None, str | None, audit_chain.VerifyResult | None]:
+    """In a worker process: (first id, its prev_hash, the range verified from it)."""
+    engine = make_engine(url)
+    try:
+        rows = repo.stream_audit_rows(
+            engine, after=after, upto=upto, batch=VERIFY_PAGE, time_as_text=True
+        )
+        first = next(rows, None)
+        if first is None:
+            return None, None, None
+        part = audit_chain.verify_rows(
+            itertools.chain([first], rows), key, start=(first[0], first[9])
+        )
+        return first[0], first[9], part
+    finally:
+        engine.dispose()
+
+
+def _process_context():
+    # fork is quick and safe from the CLI's single thread; with other threads about
+    # (a test, a shell), spawn: a forked child could inherit a lock held by one of them.
+    if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
+EXPORT_PAGE = 5000
+_JSON = json.JSONEncoder(ensure_ascii=False)
+
+
+def _export_tuples(engine: Engine, *, since: datetime | None, actor: str | None) -> Iterator[tuple]:
+    """Rows in id order, ``at`` as in the chain (``2025-01-15T18:30:00.000000Z``), page by
+    page: memory stays flat however long the log."""
+    fmt_time = audit_chain.format_time
+    for row in repo.stream_audit_rows(
+        engine, since=since, actor=actor, batch=EXPORT_PAGE, time_as_text=True
+    ):
+        yield (row[0], fmt_time(row[1]), *row[2:])
 
 
 def export_rows(
     engine: Engine, *, since: datetime | None = None, actor: str | None = None
 ) -> Iterator[dict]:
-    for row in repo.stream_audit_rows(engine, since=since, actor=actor):
-        record = dict(zip(EXPORT_FIELDS, row, strict=True))
-        record["at"] = audit_chain.format_time(record["at"])
-        yield record
+    for row in _export_tuples(engine, since=since, actor=actor):
+        yield dict(zip(EXPORT_FIELDS, row, strict=True))
 
 
 def export(
@@ -66,15 +245,19 @@ def export(
     since: datetime | None = None,
     actor: str | None = None,
 ) -> int:
+    """Write the (filtered) log to ``out`` as JSON lines (one object per row, keys in
+    EXPORT_FIELDS order) or CSV (a header, then one record per row); the row count."""
     count = 0
+    rows = _export_tuples(engine, since=since, actor=actor)
     if fmt == "csv":
-        writer = csv.DictWriter(out, fieldnames=EXPORT_FIELDS)
-        writer.writeheader()
-        for record in export_rows(engine, since=since, actor=actor):
-            writer.writerow(record)
+        writer = csv.writer(out)
+        writer.writerow(EXPORT_FIELDS)
+        for row in rows:
+            writer.writerow(row)
             count += 1
     else:
-        for record in export_rows(engine, since=since, actor=actor):
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        encode, write = _JSON.encode, out.write
+        for row in rows:
+            write(encode(dict(zip(EXPORT_FIELDS, row, strict=True))) + "\n")
             count += 1
     return count

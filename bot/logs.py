@@ -1,22 +1,36 @@
-"""Logging: one line per event, and never a secret.
+"""Logging: one line per event, key=value, and never a secret.
 
-A filter on the root handler masks anything that looks like a Slack token, a
-bearer header or a signing-secret-like value, as a last line of defence: code
-never logs those in the first place."""
+Every line reads ``ts=… level=INFO logger=bot.services thread=… event=restore.approve
+request=12 actor=U2 outcome=ok``: audited events log themselves in that form
+(``event_line``, called by ``Services.audit``); any other message becomes
+``msg="…"``, and a traceback is folded into ``exc="…"`` on the same line, so one
+event is one line whatever it carries (newlines are escaped).
+
+A filter on the handler masks anything that looks like a Slack token, a bearer header
+or a registered secret value (the settings' tokens, signing secret and audit key), as a
+last line of defence: code never logs those in the first place."""
 
 from __future__ import annotations
 
 import logging
 import re
 import sys
+from datetime import UTC, datetime
 
 _SECRET_PATTERNS = [
     re.compile(r"xox[abposr]-[A-Za-z0-9-]+"),
     re.compile(r"xapp-[A-Za-z0-9-]+"),
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"),
     re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?)[^'\"\s,}]+"),
+    # A request body (Bolt logs one whose signature fails): the legacy verification
+    # token, and the response_url, which lets anyone answer the user for 30 minutes.
+    re.compile(r"((?<![\w.-])(?:token|response_url)=)[^&\s'\",]+"),
+    re.compile(r"(['\"](?:token|response_url)['\"]\s*:\s*['\"])[^'\"]+"),
 ]
 _extra_secrets: list[str] = []
+_BARE = re.compile(r"[A-Za-z0-9_.:/@+#,-]+")
+_STRUCTURED = re.compile(r"event=\S")
+TARGET_PART = re.compile(r"([a-z_]+):(\S+)")
 
 
 def register_secret(value: str | None) -> None:
@@ -32,6 +46,37 @@ def scrub(text: str) -> str:
     return text
 
 
+def quote(value: object) -> str:
+    """A logfmt value: bare when it is a plain word, else double-quoted with \\" \\\\ \\n
+    \\r \\t (and other control characters) escaped, so it never breaks the line."""
+    text = "" if value is None else str(value)
+    if _BARE.fullmatch(text):
+        return text
+    escaped = (
+        text.replace("\\", "\\\\")
+        .replace('"', '\\"')
+        .replace("\n", "\\n")
+        .replace("\r", "\\r")
+        .replace("\t", "\\t")
+    )
+    escaped = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in escaped)
+    return f'"{escaped}"'
+
+
+def event_line(event: str, *, target: str = "", **fields: object) -> str:
+    """``event=<event> k=v …``. A target ``request:12 snapshot:801`` becomes
+    ``request=12 snapshot=801``; empty fields are left out."""
+    parts = [f"event={quote(event)}"]
+    if target:
+        pairs = TARGET_PART.findall(target)
+        if pairs and " ".join(f"{k}:{v}" for k, v in pairs) == target:
+            parts.extend(f"{k}={quote(v)}" for k, v in pairs)
+        else:
+            parts.append(f"target={quote(target)}")
+    parts.extend(f"{k}={quote(v)}" for k, v in fields.items() if v not in (None, ""))
+    return " ".join(parts)
+
+
 class ScrubFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -40,18 +85,43 @@ class ScrubFilter(logging.Filter):
             formatted = logging.Formatter().formatException(record.exc_info)
             record.exc_text = scrub(formatted)
             record.exc_info = None
+        elif record.exc_text:
+            record.exc_text = scrub(record.exc_text)
         if cleaned != message or record.args:
             record.msg, record.args = cleaned, None
         return True
+
+
+class LineFormatter(logging.Formatter):
+    """One record, one line of key=value pairs."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        ts = datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+        head = (
+            f"ts={ts}Z level={record.levelname} logger={quote(record.name)} "
+            f"thread={quote(record.threadName)}"
+        )
+        body = (
+            message
+            if _STRUCTURED.match(message) and "\n" not in message
+            else f"msg={quote(message)}"
+        )
+        line = f"{head} {body}"
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line += f" exc={quote(record.exc_text)}"
+        if record.stack_info:
+            line += f" stack={quote(record.stack_info)}"
+        return line
 
 
 def configure_logging(level: str = "INFO", *, secrets: tuple[str | None, ...] = ()) -> None:
     for value in secrets:
         register_secret(value)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s")
-    )
+    handler.setFormatter(LineFormatter())
     handler.addFilter(ScrubFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from slack_sdk import WebClient
@@ -34,7 +34,8 @@ from bot.core import approval, authz
 from bot.core import commands as cmd
 from bot.core.errors import AlreadyOpen, LimitReached, NotAllowed, NotRestorable
 from bot.jobs import JobContext, JobRunner
-from bot.outbox import Outbox
+from bot.logs import event_line
+from bot.outbox import Delivery, Outbox
 from bot.user_messages import describe
 from bot.vps.client import VpsClient
 from bot.vps.errors import VpsError, VpsNotFound, VpsUnavailable
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 SNAPSHOT_LIMIT = 5
 RESTORE_USUALLY = "A restore usually takes 5-15 minutes."
 GROUP_CACHE_SECONDS = 60.0
+MESSAGE_WAIT_S = 15.0  # above one Slack call's budget (10 s timeout) and a first retry
 
 
 def utcnow() -> datetime:
@@ -81,10 +83,12 @@ class Actor:
 
     @classmethod
     def from_payload(cls, p: dict) -> Actor:
+        # A signed request may still carry nulls where Slack sends ids: the audit
+        # chain hashes strings, so "" stands in for a missing id.
         return cls(
-            user=p.get("user", ""),
-            channel=p.get("channel", ""),
-            team=p.get("team", ""),
+            user=p.get("user") or "",
+            channel=p.get("channel") or "",
+            team=p.get("team") or "",
             response_url=p.get("response_url"),
             trigger_id=p.get("trigger_id"),
             message_ts=p.get("message_ts"),
@@ -98,10 +102,19 @@ class GroupCache:
         self.slack = slack
         self.ttl = ttl
         self._cache: dict[str, tuple[float, frozenset[str]]] = {}
+        self._unread: set[str] = set()  # groups Slack did not list on the last try
         self._lock = threading.Lock()
 
     def groups_of(self, user: str, allowed: authz.Allowed) -> frozenset[str]:
         return frozenset(g for g in authz.groups_of(allowed) if user in self.members(g))
+
+    def unread_note(self, allowed: authz.Allowed) -> str:
+        """What a refusal should add when it may be due to Slack, not to the person."""
+        unread = sorted(g for g in authz.groups_of(allowed) if g in self._unread)
+        if not unread:
+            return ""
+        groups = ", ".join(f"<!subteam^{g}>" for g in unread)
+        return f" (Slack did not say who is in {groups} just now; if you are, try again soon.)"
 
     def members(self, group: str) -> frozenset[str]:
         with self._lock:
@@ -113,9 +126,14 @@ class GroupCache:
         except (SlackApiError, SlackClientError, OSError) as exc:
             # Fail closed: an unknown membership grants nothing.
             log.warning("could not read user group %s: %s", group, exc)
-            return hit[1] if hit else frozenset()
+            if hit:
+                return hit[1]
+            with self._lock:
+                self._unread.add(group)
+            return frozenset()
         with self._lock:
             self._cache[group] = (time.monotonic(), users)
+            self._unread.discard(group)
         return users
 
 
@@ -161,7 +179,7 @@ class Services:
         target: str = "",
         detail: str = "",
     ) -> None:
-        repo.append_audit(
+        row = repo.append_audit(
             session,
             now=self.clock(),
             action=action,
@@ -172,6 +190,20 @@ class Services:
             target=target,
             detail=detail[:1000],
             key=self.audit_key,
+        )
+        # The same event as one structured log line (bot/logs.py).
+        log.info(
+            "%s",
+            event_line(
+                action,
+                target=target,
+                actor=row.actor or "snapbot",
+                channel=row.channel,
+                team=row.team,
+                outcome=outcome,
+                audit=row.id,
+                detail=row.detail[:200],
+            ),
         )
 
     def record(
@@ -252,7 +284,7 @@ class Services:
             "denied",
             target=target,
             detail="not an operator",
-            answer=msg.error_message(str(err)),
+            answer=msg.error_message(str(err) + self.groups.unread_note(allowed)),
         )
 
     def _provider_failed(
@@ -356,7 +388,7 @@ class Services:
                 detail=str(exc)[:200],
                 answer=msg.error_message(
                     "Slack did not open the form in time. Use "
-                    "`/snapshot create <server> <name> [description]` instead."
+                    "`/snapshot create &lt;server&gt; &lt;name&gt; [description]` instead."
                 ),
             )
             return
@@ -524,6 +556,11 @@ class Services:
     def _watch_created(self, actor: Actor, snap: Snapshot, srv_name: str, parent_key: str) -> None:
         detail = f"{snap.message or msg.CREATE_ESTIMATE} {msg.RUNNING_SERVER_ADVICE}"
         with session_scope(self.engine) as s:
+            if repo.snapshot_watch(s, snapshot_id=snap.id) is not None:
+                # A resumed job whose first run got this far before dying: the snapshot
+                # is watched (and its create audited) already; a second watch would
+                # report it twice.
+                return
             repo.add_watch(
                 s,
                 Watch(
@@ -553,6 +590,7 @@ class Services:
                     snapshot_id=snap.id,
                 ),
                 ts_from=parent_key,
+                key=progress_key(parent_key),
             )
             self.audit(
                 s,
@@ -814,6 +852,8 @@ class Services:
                 detail=reason,
             )
         (delivery,) = self.outbox.flush([mid])
+        if not delivery.sent and not delivery.permanent:
+            delivery = self._await_delivery(key, delivery)
         if not delivery.sent and delivery.permanent:
             with session_scope(self.engine) as s:
                 repo.transition_request(
@@ -856,6 +896,23 @@ class Services:
             )
         self.outbox.flush([mid])
 
+    def _await_delivery(
+        self, key: str, first: Delivery, timeout: float = MESSAGE_WAIT_S
+    ) -> Delivery:
+        """Our own flush may find the message claimed by another thread or process (any
+        outbox pump takes due rows) or refused for now. The request needs the outcome:
+        its message's ts, or a refusal for good that cancels it. Wait for that."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with session_scope(self.engine, readonly=True) as s:
+                state, ts, error = repo.message_outcome(s, key=key)
+            if state == "sent":
+                return Delivery(True, ts=ts)
+            if state == "failed":
+                return Delivery(False, error=error, permanent=True)
+            time.sleep(0.05)
+        return first
+
     def _request_view(self, s, request_id: int, *, lock: bool = False) -> tuple[RestoreRequest | None, frozenset[str]]:
         req = repo.get_restore_request(s, request_id=request_id, lock=lock)
         return req, (repo.approvers_of(s, request_id=request_id) if req else frozenset())
@@ -879,14 +936,17 @@ class Services:
                     approvals=approvals,
                     decided_by=req.decided_by,
                 )
-                decision = approval.decide_approval(view, actor.user, self.policy, now, groups)
+                # The quorum is the one the request was opened with (and shows), even if
+                # RESTORE_APPROVALS changed since.
+                policy = replace(self.policy, required_approvals=req.required_approvals)
+                decision = approval.decide_approval(view, actor.user, policy, now, groups)
                 won = False
                 if decision.verdict in (approval.Verdict.RECORD, approval.Verdict.APPROVE):
                     # The unique key makes a repeated click count once, even when two
                     # of them race; the conditional update picks the single winner.
                     repo.add_approval(s, request_id=request_id, approver=actor.user, now=now)
                     approvals = repo.approvers_of(s, request_id=request_id)
-                    if len(approvals) >= self.policy.required_approvals:
+                    if len(approvals) >= policy.required_approvals:
                         won = repo.transition_request(
                             s,
                             request_id=request_id,
@@ -907,7 +967,7 @@ class Services:
                                     decided_by=req.decided_by,
                                 ),
                                 actor.user,
-                                self.policy,
+                                policy,
                                 now,
                                 groups,
                             )
@@ -957,7 +1017,14 @@ class Services:
                 {
                     "channel": req.channel or actor.channel,
                     "user": actor.user,
-                    **msg.text_message(decision.message),
+                    **msg.text_message(
+                        decision.message
+                        + (
+                            self.groups.unread_note(self.policy.approvers)
+                            if decision.verdict == approval.Verdict.NOT_APPROVER
+                            else ""
+                        )
+                    ),
                 },
             )
         self.outbox.flush([mid])
@@ -1034,13 +1101,22 @@ class Services:
 
     def _update_request_message(self, s, req: RestoreRequest, approvals) -> int | None:
         payload = msg.restore_request(req, approvals, self.clock())
+        # Edits are chained in the order of the request's states (each waits for the one
+        # before it), so an older edit that Slack delayed or refused once never lands last.
+        key, after = request_edit_keys(req.id, req.state, len(approvals))
         if req.message_ts:
-            return self.outbox.update(s, req.channel, payload, ts=req.message_ts)
-        return self.outbox.update(s, req.channel, payload, ts_from=request_key(req.id))
+            return self.outbox.update(
+                s, req.channel, payload, ts=req.message_ts, key=key, after=after
+            )
+        return self.outbox.update(
+            s, req.channel, payload, ts_from=request_key(req.id), key=key, after=after
+        )
 
     def _refresh_request(self, request_id: int) -> None:
         with session_scope(self.engine) as s:
-            req, approvals = self._request_view(s, request_id)
+            # Locked: an approval that completes the quorum meanwhile queues its edit
+            # after this one, never before.
+            req, approvals = self._request_view(s, request_id, lock=True)
             mid = self._update_request_message(s, req, approvals)
         self.outbox.flush([mid])
 
@@ -1278,6 +1354,31 @@ class Services:
 def request_key(request_id: int) -> str:
     """Outbox key of a restore request's channel message (threads hang from it)."""
     return f"req:{request_id}:msg"
+
+
+def request_edit_keys(request_id: int, state: str, approvals: int) -> tuple[str, str | None]:
+    """(key, key of the edit before it) for an edit of the request message showing
+    ``state`` with ``approvals`` approvals. States only move forward (core/approval.py),
+    so the edit before is known: the last pending one, or the approved one."""
+
+    def key(s: str, n: int) -> str:
+        return f"{request_key(request_id)}:edit:{s}:{n}"
+
+    if state == approval.State.PENDING:
+        before = key(state, approvals - 1) if approvals > 1 else None
+    elif state == approval.State.APPROVED:
+        before = key(approval.State.PENDING, approvals - 1)
+    elif state in (approval.State.REJECTED, approval.State.CANCELLED, approval.State.EXPIRED):
+        before = key(approval.State.PENDING, approvals)
+    else:  # executing, succeeded, failed, interrupted: after the approval
+        before = key(approval.State.APPROVED, approvals)
+    return key(state, approvals), before
+
+
+def progress_key(parent_key: str) -> str:
+    """Outbox key of the 'being created' edit of a create's channel message; the final
+    edit waits for it (bot/outbox.py, ``after``)."""
+    return f"{parent_key}:progress"
 
 
 def _ref_text(server) -> str:

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from bot.blocks import messages as msg
 from bot.blocks.format import mention, span
 from bot.core import approval
-from bot.services import Actor, Services, request_key
+from bot.services import Actor, Services, progress_key, request_key
 from bot.user_messages import describe
 from bot.vps.errors import VpsError
 from storage import repositories as repo
@@ -77,20 +78,20 @@ class Duties:
         self.is_holder = False
 
     def _loop(self) -> None:
-        next_duties = 0.0
-        elapsed = 0.0
+        next_duties = time.monotonic()
         while not self._stop.is_set():
             try:
-                if elapsed >= next_duties:
+                if time.monotonic() >= next_duties:
+                    # Fixed rate: a cycle is due one interval after the last one began,
+                    # however long its reporting took (and never a burst of catch-ups).
+                    next_duties = time.monotonic() + self.interval
                     self.cycle()
-                    next_duties = elapsed + self.interval
                 self.s.outbox.pump()
             except Exception:
                 # The database or the provider may be down; the next cycle tries again.
                 log.exception("background duties failed this cycle")
-            step = min(PUMP_EVERY_S, self.interval)
-            self._stop.wait(step)
-            elapsed += step
+            due_in = next_duties - time.monotonic()
+            self._stop.wait(min(PUMP_EVERY_S, max(0.01, due_in)))
 
     # --- one cycle
 
@@ -119,6 +120,7 @@ class Duties:
         with session_scope(self.s.engine, readonly=True) as s:
             due = repo.expired_requests(s, now=now)
         for req in due:
+            link = self.s.permalink(req.channel, req.message_ts)  # Slack: outside the transaction
             with session_scope(self.s.engine) as s:
                 if not repo.transition_request(
                     s,
@@ -146,6 +148,7 @@ class Duties:
                         s,
                         f":hourglass: Restore request #{req.id} of *{req.server_name}* expired "
                         "undecided.",
+                        link=link,
                         key=f"incident:req:{req.id}:expired",
                     ),
                 ]
@@ -246,6 +249,7 @@ class Duties:
                     ),
                     ts_from=w.parent_ts,
                     key=f"watch:{w.id}:parent",
+                    after=progress_key(w.parent_ts) if w.parent_ts else None,
                 ),
             ]
             if status != "completed":
@@ -270,6 +274,9 @@ class Duties:
             status = state.status if state is not None else "unknown"
             if status == "restoring" and now - w.started_at <= STUCK_AFTER:
                 continue
+            with session_scope(self.s.engine, readonly=True) as s:
+                req = repo.get_restore_request(s, request_id=w.request_id) if w.request_id else None
+            link = self.s.permalink(req.channel, req.message_ts) if req else None
             with session_scope(self.s.engine) as s:
                 if not repo.finish_watch(s, watch_id=w.id, final_status=status, now=now):
                     continue
@@ -291,15 +298,19 @@ class Duties:
                     self.s.notify_incident(
                         s,
                         f":white_check_mark: Restore #{w.request_id} of *{w.server_name}* "
-                        f"finished: the server is `{status}`.",
+                        f"finished: the server is `{status}`."
+                        if status != "restoring"
+                        else f":warning: Restore #{w.request_id} of *{w.server_name}* is still "
+                        f"restoring after {took}; snapbot stops following it.",
+                        link=link,
                         key=f"incident:watch:{w.id}",
                     ),
                 ]
                 self.s.audit(
                     s,
                     None,
-                    "restore.finished",
-                    "ok",
+                    "restore.finished" if status != "restoring" else "restore.stuck",
+                    "ok" if status != "restoring" else "error",
                     target=f"request:{w.request_id} server:{w.server_id}",
                     detail=f"server {status} after {took}",
                 )

@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, func, or_, select, update
+from sqlalchemy import Engine, String, func, or_, select, type_coerce, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
@@ -99,6 +99,12 @@ def latest_audit(session: Session, *, limit: int) -> list[AuditEvent]:
     )
 
 
+def audit_hash_at(session: Session, *, row_id: int) -> str | None:
+    return session.execute(
+        select(AuditEvent.hash).where(AuditEvent.id == row_id)
+    ).scalar_one_or_none()
+
+
 def audit_head(session: Session) -> tuple[int, str]:
     count, digest = session.execute(
         select(AuditHead.count, AuditHead.hash).where(AuditHead.id == 1)
@@ -121,28 +127,52 @@ AUDIT_COLUMNS = (
 )
 
 
+def _audit_time_text(dialect: str):
+    """``at`` as UTC text ``YYYY-MM-DD HH:MM:SS.ffffff``, read without building datetimes
+    (audit_chain.format_time takes it as is): SQLite stores exactly that text; PostgreSQL
+    formats it. A million rows verify several times faster this way."""
+    if dialect == "postgresql":
+        return func.to_char(func.timezone("UTC", AuditEvent.at), "YYYY-MM-DD HH24:MI:SS.US")
+    return type_coerce(AuditEvent.at, String)
+
+
 def stream_audit_rows(
     engine: Engine,
     *,
     since: datetime | None = None,
     actor: str | None = None,
+    after: int | None = None,
+    upto: int | None = None,
     batch: int = 5000,
+    time_as_text: bool = False,
 ) -> Iterator[tuple]:
-    """All audit rows in id order, fetched in pages by id so memory stays flat
-    whatever the size of the table (keyset pagination, no server-side cursor)."""
-    last = 0
+    """Audit rows (with ``after`` < id <= ``upto``; without ``after``, from the very first,
+    even an id the bot never assigns) in id order, fetched in pages by id so memory stays flat whatever the size of the
+    table (keyset pagination, no server-side cursor; each page is a short read-only
+    transaction, so writers are never held up). Returns where a caller may resume."""
+    columns = list(AUDIT_COLUMNS)
+    if time_as_text:
+        columns[1] = _audit_time_text(engine.dialect.name)
+    reader = engine.execution_options(readonly=True)
+    last = after
     while True:
-        query = (
-            select(*AUDIT_COLUMNS).where(AuditEvent.id > last).order_by(AuditEvent.id).limit(batch)
-        )
+        query = select(*columns).order_by(AuditEvent.id).limit(batch)
+        if last is not None:
+            query = query.where(AuditEvent.id > last)
+        if upto is not None:
+            query = query.where(AuditEvent.id <= upto)
         if since is not None:
             query = query.where(AuditEvent.at >= since)
         if actor is not None:
             query = query.where(AuditEvent.actor == actor)
-        with engine.connect() as conn:
-            rows = conn.execute(query).all()
+        with reader.connect() as conn:
+            result = conn.execute(query)
+            # Text and integers need no result processing: with time_as_text the
+            # driver's own tuples are taken as they are (a third less time per row).
+            rows = result.cursor.fetchall() if time_as_text else result.all()
+            result.close()
         if not rows:
-            return
+            return last
         yield from rows
         last = rows[-1][0]
 
@@ -248,6 +278,17 @@ def orphaned_jobs(session: Session, *, now: datetime, limit: int = 50) -> list[i
             .limit(limit)
         ).scalars()
     )
+
+
+def release_queued_jobs(session: Session, *, owner: str, now: datetime) -> int:
+    """Hand back the jobs ``owner`` queued but never started (it is stopping): their
+    lease ends now, so the next lease holder takes them at once, not in 20 s."""
+    result = session.execute(
+        update(Job)
+        .where(Job.owner == owner, Job.state == "queued")
+        .values(lease_until=now - timedelta(seconds=1))
+    )
+    return result.rowcount
 
 
 def save_job_progress(session: Session, *, job_id: int, progress: dict) -> None:
@@ -377,6 +418,17 @@ def active_watches(session: Session, *, kind: str | None = None) -> list[Watch]:
     return list(session.execute(query.order_by(Watch.id)).scalars())
 
 
+def snapshot_watch(session: Session, *, snapshot_id: int) -> Watch | None:
+    """The watch of a snapshot the bot created, if there is one (finished or not)."""
+    return (
+        session.execute(
+            select(Watch).where(Watch.kind == "snapshot", Watch.snapshot_id == snapshot_id)
+        )
+        .scalars()
+        .first()
+    )
+
+
 def note_watch_status(session: Session, *, watch_id: int, status: str, now: datetime) -> None:
     session.execute(
         update(Watch)
@@ -496,6 +548,14 @@ def message_by_key(session: Session, *, key: str) -> tuple[str | None, str | Non
     """(state, ts) of the message queued under ``key``; (None, None) when there is none."""
     row = session.execute(select(Outbox.state, Outbox.result_ts).where(Outbox.key == key)).first()
     return (row[0], row[1]) if row else (None, None)
+
+
+def message_outcome(session: Session, *, key: str) -> tuple[str | None, str | None, str]:
+    """(state, ts, last error) of the message queued under ``key``."""
+    row = session.execute(
+        select(Outbox.state, Outbox.result_ts, Outbox.error).where(Outbox.key == key)
+    ).first()
+    return (row[0], row[1], row[2]) if row else (None, None, "")
 
 
 def count_messages(session: Session, *, state: str) -> int:

@@ -4,6 +4,7 @@ from slack_bolt import Ack, App
 
 from bot.blocks import ids
 from bot.core import commands as cmd
+from bot.services import Actor
 
 
 def _value(state: dict, block: str, action: str) -> str:
@@ -26,6 +27,18 @@ def register(app: App, services) -> None:
         if (problem := cmd.snapshot_name_problem(name)) is not None:
             errors[ids.CREATE_NAME_BLOCK] = problem
         if errors:
+            # Refused in the form itself, yet still a user action: audited as denied.
+            services.record(
+                Actor(
+                    user=(body.get("user") or {}).get("id", ""),
+                    team=(body.get("team") or {}).get("id", ""),
+                    channel=view.get("private_metadata", ""),
+                ),
+                "snapshot.create",
+                "denied",
+                target=f"server:{server} name:{name}"[:300],
+                detail="invalid form: " + "; ".join(errors.values()),
+            )
             ack(response_action="errors", errors=errors)
             return
         services.accept(

@@ -24,6 +24,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.webhook import WebhookClient
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from storage import repositories as repo
 from storage.db import session_scope
@@ -118,12 +119,17 @@ class Outbox:
         ts: str | None = None,
         ts_from: str | None = None,
         key: str | None = None,
+        after: str | None = None,
     ) -> int | None:
+        """``after``: the key of an earlier edit of the same message; this one waits
+        until that one is sent or given up, so a retried older edit never lands last."""
         payload = {"channel": channel, **message}
         if ts:
             payload["ts"] = ts
         if ts_from:
             payload["ts_from"] = ts_from
+        if after:
+            payload["after_key"] = after
         return self.queue(session, "chat.update", payload, key=key)
 
     def respond(
@@ -151,7 +157,16 @@ class Outbox:
     # --- sending ---
 
     def flush(self, ids: Iterable[int | None]) -> list[Delivery]:
-        return [self.deliver(i) for i in ids if i is not None]
+        return [self._try_deliver(i) for i in ids if i is not None]
+
+    def _try_deliver(self, message_id: int) -> Delivery:
+        """Send now if the database lets us; the row is stored either way, and a pump
+        sends it later (a dead connection must not fail the work that queued it)."""
+        try:
+            return self.deliver(message_id)
+        except SQLAlchemyError as exc:
+            log.warning("message %s left for the pump: %s", message_id, type(exc).__name__)
+            return Delivery(False, error=f"database: {type(exc).__name__}")
 
     def pump(self, limit: int = 100) -> int:
         with session_scope(self.engine, readonly=True) as s:
@@ -213,6 +228,9 @@ class Outbox:
 
     def _resolve(self, payload: dict) -> dict:
         payload = dict(payload)
+        after = payload.pop("after_key", None)
+        if after and self._parent(after)[0] == "pending":
+            raise _Waiting(after)
         for field, target in (("thread_ts_from", "thread_ts"), ("ts_from", "ts")):
             key = payload.pop(field, None)
             if not key:
@@ -250,6 +268,9 @@ class Outbox:
             return Delivery(False, error=f"{error or status}", permanent=error in PERMANENT)
         except (SlackClientError, OSError) as exc:
             return Delivery(False, error=f"{type(exc).__name__}: {exc}"[:200])
+        except ValueError as exc:
+            # e.g. a signed slash command whose response_url is not a URL: no retry helps
+            return Delivery(False, error=f"{type(exc).__name__}: {exc}"[:200], permanent=True)
 
 
 class _Waiting(Exception):

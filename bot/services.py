@@ -215,9 +215,13 @@ class Services:
         target: str = "",
         detail: str = "",
         answer: dict | None = None,
+        delivery_key: str | None = None,
     ) -> None:
-        """Audit one event and, where given, answer the actor: one unit of work."""
+        """Audit one event and, where given, answer the actor: one unit of work.
+        With a Slack request's ``delivery_key``, a request seen before does neither."""
         with session_scope(self.engine) as s:
+            if delivery_key and not repo.record_delivery(s, key=delivery_key, now=self.clock()):
+                return
             mid = None
             if answer is not None and actor is not None:
                 mid = self.outbox.respond(
@@ -302,9 +306,11 @@ class Services:
 
     # ------------------------------------------------------------------ listeners' entry points
 
-    def accept(self, kind: str, payload: dict) -> int:
-        """Called by a listener before ack(): the request is durable from here on."""
-        return self.jobs.submit(kind, payload)
+    def accept(self, kind: str, payload: dict, *, delivery_key: str | None = None) -> int | None:
+        """Called by a listener before ack(): the request is durable from here on.
+        Listeners pass the request's ``delivery_key`` (bot/app.py): a redelivery or
+        replay is then stored and done only once (None the other times)."""
+        return self.jobs.submit(kind, payload, delivery_key=delivery_key)
 
     # ------------------------------------------------------------------ /snapshot
 

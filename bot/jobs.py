@@ -11,6 +11,7 @@ by the lease holder once its lease lapses; handlers see ``attempts`` and their s
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import threading
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 
 from storage import repositories as repo
 from storage.db import session_scope
@@ -29,6 +31,10 @@ log = logging.getLogger(__name__)
 QUEUED_LEASE = timedelta(seconds=20)  # another process may take it after this
 RUNNING_LEASE = timedelta(minutes=3)  # far above any provider call's time budget
 DEFAULT_WORKERS = 16
+# A connection can die under a statement (a database restart): claiming and finishing
+# a job are single conditional updates, tried again on a fresh connection.
+DB_TRIES = 3
+DB_RETRY_S = 0.2
 
 
 @dataclass
@@ -74,11 +80,15 @@ class JobRunner:
     def register(self, kind: str, handler: Handler) -> None:
         self.handlers[kind] = handler
 
-    def submit(self, kind: str, payload: dict) -> int:
-        """Store the job (durable from here on), then hand it to a worker."""
+    def submit(self, kind: str, payload: dict, *, delivery_key: str | None = None) -> int | None:
+        """Store the job (durable from here on), then hand it to a worker. With the
+        Slack request's ``delivery_key``, a request seen before stores nothing (None)."""
         if kind not in self.handlers:
             raise KeyError(f"no handler for job kind {kind!r}")
         with session_scope(self.engine) as s:
+            if delivery_key and not repo.record_delivery(s, key=delivery_key, now=self.clock()):
+                log.info("redelivery of a %s ignored", kind)
+                return None
             job_id = repo.enqueue_job(
                 s,
                 kind=kind,
@@ -104,20 +114,13 @@ class JobRunner:
         return len(ids)
 
     def run(self, job_id: int) -> None:
-        with session_scope(self.engine) as s:
-            job = repo.claim_job(
-                s, job_id=job_id, owner=self.owner, now=self.clock(), lease=RUNNING_LEASE
-            )
-            if job is None:
-                return
-            ctx = JobContext(
-                id=job.id,
-                kind=job.kind,
-                payload=json.loads(job.payload),
-                attempts=job.attempts,
-                progress=json.loads(job.progress or "{}"),
-                _save=self._save_progress,
-            )
+        try:
+            ctx = self._retrying(lambda: self._claim(job_id))
+        except DBAPIError:
+            log.exception("could not claim job %s; it runs when its lease lapses", job_id)
+            return
+        if ctx is None:
+            return
         with self._lock:
             self._running += 1
         error = ""
@@ -127,23 +130,55 @@ class JobRunner:
             log.exception("job %s (%s) failed", ctx.id, ctx.kind)
             error = f"{type(exc).__name__}: {exc}"
             if self.on_crash:
-                try:
-                    self.on_crash(ctx, exc)
+                try:  # the user must hear of it, even if the crash was the database's
+                    self._retrying(functools.partial(self.on_crash, ctx, exc))
                 except Exception:
                     log.exception("could not report the failure of job %s", ctx.id)
         finally:
             with self._lock:
                 self._running -= 1
             try:
-                with session_scope(self.engine) as s:
-                    repo.finish_job(s, job_id=ctx.id, now=self.clock(), error=error)
+                self._retrying(lambda: self._finish(ctx.id, error))
             except Exception:
                 # The job stays 'running' and its lease lapses: it will be looked at again.
                 log.exception("could not mark job %s finished", ctx.id)
 
-    def _save_progress(self, job_id: int, progress: dict) -> None:
+    def _claim(self, job_id: int) -> JobContext | None:
         with session_scope(self.engine) as s:
-            repo.save_job_progress(s, job_id=job_id, progress=progress)
+            job = repo.claim_job(
+                s, job_id=job_id, owner=self.owner, now=self.clock(), lease=RUNNING_LEASE
+            )
+            if job is None:
+                return None
+            return JobContext(
+                id=job.id,
+                kind=job.kind,
+                payload=json.loads(job.payload),
+                attempts=job.attempts,
+                progress=json.loads(job.progress or "{}"),
+                _save=self._save_progress,
+            )
+
+    def _finish(self, job_id: int, error: str) -> None:
+        with session_scope(self.engine) as s:
+            repo.finish_job(s, job_id=job_id, now=self.clock(), error=error)
+
+    def _retrying(self, step: Callable):
+        for attempt in range(1, DB_TRIES + 1):
+            try:
+                return step()
+            except DBAPIError as exc:
+                if attempt == DB_TRIES:
+                    raise
+                log.warning("database error, trying again: %s", type(exc).__name__)
+                self._closed.wait(DB_RETRY_S * attempt)
+
+    def _save_progress(self, job_id: int, progress: dict) -> None:
+        def save() -> None:
+            with session_scope(self.engine) as s:
+                repo.save_job_progress(s, job_id=job_id, progress=progress)
+
+        self._retrying(save)
 
     @property
     def running(self) -> int:
@@ -152,3 +187,12 @@ class JobRunner:
     def shutdown(self, *, wait: bool = True) -> None:
         self._closed.set()
         self._pool.shutdown(wait=wait, cancel_futures=True)
+        # SIGTERM: what was accepted but never started stays queued in the database;
+        # hand it back so the next process runs it at once.
+        try:
+            with session_scope(self.engine) as s:
+                released = repo.release_queued_jobs(s, owner=self.owner, now=self.clock())
+            if released:
+                log.info("handed back %d queued job(s) for the next process", released)
+        except Exception:
+            log.warning("could not hand back the queued jobs (their leases lapse by themselves)")

@@ -19,9 +19,12 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, VpsUnavailable):
         if getattr(exc, "nothing_changed", True):
             return "The provider is unreachable or failing right now; nothing was changed. Try again shortly."
+        # A write was sent and not confirmed (5xx, timeout, dropped connection): it
+        # is never re-sent, and the user must look before trying again.
+        detail = f" ({exc.detail})" if getattr(exc, "detail", "") else ""
         return (
-            "The provider did not answer in time, so the outcome is unknown. "
-            "Check `/snapshot list` before trying again."
+            f"The provider is unreachable or failing{detail} and did not confirm the "
+            "request, so its outcome is unknown. Check `/snapshot list` before trying again."
         )
     if isinstance(exc, SnapbotError):
         return str(exc)

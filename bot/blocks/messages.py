@@ -74,7 +74,8 @@ def usage_message(usage: str, problem: str | None = None) -> dict:
     blocks: list[Block] = []
     if problem:
         blocks.append(_section(f":warning: {escape(problem)}"))
-    blocks.append(_section("```" + usage + "```"))
+    # Slack reads <...> as a link even inside a code block: `<server>` must be escaped.
+    blocks.append(_section("```" + escape(usage) + "```"))
     return _payload((problem + "\n" if problem else "") + usage, blocks)
 
 
@@ -121,7 +122,7 @@ def snapshot_list(snapshots: Sequence, now: datetime, *, scope: str) -> dict:
     rest = len(ordered) - len(shown)
     footer = f"{len(ordered)} snapshot(s)"
     if rest:
-        footer += f"; the {rest} oldest are not shown — narrow it with `/snapshot list <server>`"
+        footer += f"; the {rest} oldest are not shown — narrow it with `/snapshot list &lt;server&gt;`"
     blocks.append(_context(footer))
     text = f"{len(ordered)} snapshot(s) for {scope}"
     return _payload(text, blocks)
@@ -407,7 +408,10 @@ def audit_list(events: Sequence) -> dict:
     ]
     chunk: list[str] = []
     for line in lines:  # pack lines into sections of at most 3000 characters
-        if sum(len(x) + 1 for x in chunk) + len(line) > SECTION_LIMIT - 10 or len(chunk) >= 40:
+        line = clip(line, SECTION_LIMIT - 10)  # one huge line still fits a section alone
+        if chunk and (
+            sum(len(x) + 1 for x in chunk) + len(line) > SECTION_LIMIT - 10 or len(chunk) >= 40
+        ):
             blocks.append(_section("\n".join(chunk)))
             chunk = []
         chunk.append(line)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import re
 
-from slack_bolt import Ack, App
+from slack_bolt import Ack, App, BoltContext
 
 from bot.blocks import ids
 
@@ -24,8 +24,10 @@ def action_payload(body: dict, action: dict) -> dict:
 
 
 def register(app: App, services) -> None:
-    def on_button(ack: Ack, body: dict, action: dict) -> None:
-        services.accept("action", action_payload(body, action))
+    def on_button(ack: Ack, body: dict, action: dict, context: BoltContext) -> None:
+        services.accept(
+            "action", action_payload(body, action), delivery_key=context.get("delivery_key")
+        )
         ack()
 
     for action_id in ids.ACTION_IDS:

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from slack_bolt import Ack, App
+from slack_bolt import Ack, App, BoltContext
 
 from bot.blocks import messages as msg
 from bot.core import commands as cmd
@@ -28,7 +28,7 @@ def command_payload(body: dict) -> dict:
 
 def register(app: App, services) -> None:
     @app.command(COMMAND)
-    def snapshot_command(ack: Ack, body: dict) -> None:
+    def snapshot_command(ack: Ack, body: dict, context: BoltContext) -> None:
         payload = command_payload(body)
         parsed = cmd.parse(payload["text"])
         if isinstance(parsed, cmd.Help | cmd.UsageError):
@@ -39,10 +39,11 @@ def register(app: App, services) -> None:
                 "command.invalid" if problem else "command.help",
                 "denied" if problem else "ok",
                 detail=problem or "",
+                delivery_key=context.get("delivery_key"),
             )
             ack(**msg.usage_message(cmd.USAGE, problem))
             return
-        services.accept("command", payload)
+        services.accept("command", payload, delivery_key=context.get("delivery_key"))
         working = WORKING.get(type(parsed))
         if working:
             ack(text=f":hourglass_flowing_sand: {working}")

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from slack_bolt import Ack, App
+from slack_bolt import Ack, App, BoltContext
 
 from bot.blocks import ids
 from bot.core import commands as cmd
@@ -15,7 +15,7 @@ def _value(state: dict, block: str, action: str) -> str:
 
 def register(app: App, services) -> None:
     @app.view(ids.CREATE_MODAL)
-    def create_submitted(ack: Ack, body: dict, view: dict) -> None:
+    def create_submitted(ack: Ack, body: dict, view: dict, context: BoltContext) -> None:
         state = (view.get("state") or {}).get("values") or {}
         server = _value(state, ids.CREATE_SERVER_BLOCK, ids.CREATE_SERVER_ACTION)
         name = _value(state, ids.CREATE_NAME_BLOCK, ids.CREATE_NAME_ACTION)
@@ -38,6 +38,7 @@ def register(app: App, services) -> None:
                 "denied",
                 target=f"server:{server} name:{name}"[:300],
                 detail="invalid form: " + "; ".join(errors.values()),
+                delivery_key=context.get("delivery_key"),
             )
             ack(response_action="errors", errors=errors)
             return
@@ -51,5 +52,6 @@ def register(app: App, services) -> None:
                 "name": name,
                 "description": description,
             },
+            delivery_key=context.get("delivery_key"),
         )
         ack()

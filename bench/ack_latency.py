@@ -1,0 +1,275 @@
+"""How fast does snapbot acknowledge slash commands, and does the provider's speed matter?
+
+Starts the real `web` process exactly as the Procfile does (gunicorn with
+bot.gunicorn_conf and `bot.web:create_app()`, through tests/procs.start_web), the
+provider simulator in a subprocess, and a minimal Slack sink in another (it answers
+`{"ok": true}` to the Web API and 200 to response_url posts, and notes when each
+answer arrived), so that this process only sends requests and times them. For each
+provider latency (the simulator's `latency` fault: every provider call answers after
+that long), C client threads send N distinct `/snapshot list` commands, signed
+exactly as Slack signs them, each client on its own keep-alive connection, and time
+each request from send to the HTTP 200: the ack Slack waits for (at most 3 s).
+
+Printed per phase: the provider latency beside ack p50 / p90 / p99 / max, errors,
+requests per second, the web process's CPU per command (acks and the work after
+them), and how long users waited for their actual answers (the response_url posts),
+which does depend on the provider. The machine's load average is printed too: on a
+shared 2-core machine, other processes' CPU shows up in these figures.
+
+Target: ack p99 <= 100 ms on a 2-core machine, whatever the provider latency.
+
+    python bench/ack_latency.py [--requests 1000] [--clients 20] [--latencies 2,0]
+                                [--workers 2] [--database-url postgresql://...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import text  # noqa: E402
+
+from bot.devtools.slack_signing import sign, slash_command_body  # noqa: E402
+from storage.db import make_engine  # noqa: E402
+from tests.procs import free_port, start_simulator_process, start_web, wait_http  # noqa: E402
+
+SECRET = "bench-signing-secret"
+VPS_TOKEN = "bench-vps-token"
+DRAIN_TIMEOUT_S = 600.0
+
+# The Slack stand-in for a benchmark: answers everything, records response_url posts
+# ("<name> <unix time>" lines), costs this process nothing.
+SINK = r"""
+import json, sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+log = open(sys.argv[2], "a", buffering=1)
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.path.startswith("/response/"):
+            log.write(f"{self.path[len('/response/'):]} {time.time():.6f}\n")
+            body, ctype = b"ok", "text/plain"
+        else:
+            body, ctype = json.dumps({"ok": True, "ts": "1700000000.000100"}).encode(), "application/json"
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    do_GET = do_POST
+ThreadingHTTPServer.daemon_threads = True
+ThreadingHTTPServer.request_queue_size = 1024
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, int(p / 100 * len(ordered) + 0.5) - 1))]
+
+
+def set_latency(sim_url: str, seconds: float) -> None:
+    admin = sim_url.replace("/api/v1/", "/_sim/faults")
+    httpx.post(admin, json={"latency": seconds}, timeout=5).raise_for_status()
+
+
+def unfinished_jobs(engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(
+            text("SELECT count(*) FROM job WHERE state IN ('queued', 'running')")
+        ).scalar_one()
+
+
+def wait_drained(engine) -> None:
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    while unfinished_jobs(engine) and time.monotonic() < deadline:
+        time.sleep(0.25)
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and all its descendants, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def run_phase(
+    url: str, sink_url: str, *, phase: str, requests: int, clients: int
+) -> tuple[list[float], list[str], float, dict[str, float]]:
+    """Send `requests` signed commands from `clients` threads; return ack latencies,
+    errors, wall time, and when each command was sent (by its response_url name)."""
+    bodies = [
+        slash_command_body(
+            "list",
+            user_id=f"UBENCH{i:05d}",
+            channel_id="CBENCH",
+            response_url=f"{sink_url}/response/{phase}-{i}",
+        )
+        for i in range(requests)
+    ]
+    sent_at: dict[str, float] = {}
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    indexes = iter(range(requests))
+    barrier = threading.Barrier(clients)
+
+    def client() -> None:
+        with httpx.Client(timeout=30) as http:
+            barrier.wait()
+            while True:
+                with lock:
+                    i = next(indexes, None)
+                if i is None:
+                    return
+                headers = sign(SECRET, bodies[i])  # signed when sent, as Slack does
+                at, begun = time.time(), time.perf_counter()
+                try:
+                    status = http.post(url, content=bodies[i], headers=headers).status_code
+                except httpx.HTTPError as exc:
+                    status = type(exc).__name__
+                took = time.perf_counter() - begun
+                with lock:
+                    sent_at[f"{phase}-{i}"] = at
+                    (latencies.append(took) if status == 200 else errors.append(str(status)))
+
+    threads = [threading.Thread(target=client, name=f"bench-{n}") for n in range(clients)]
+    begun = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return latencies, errors, time.perf_counter() - begun, sent_at
+
+
+def answer_delays(log: Path, sent_at: dict[str, float], timeout: float) -> list[float]:
+    """Seconds from each command to its answer's response_url post."""
+    deadline = time.monotonic() + timeout
+    while True:
+        first: dict[str, float] = {}
+        for line in log.read_text().splitlines():
+            name, _, at = line.partition(" ")
+            if name in sent_at:
+                first.setdefault(name, float(at))
+        if len(first) >= len(sent_at) or time.monotonic() > deadline:
+            return [at - sent_at[name] for name, at in first.items()]
+        time.sleep(0.5)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument(
+        "--latencies", default="2,0", help="provider latencies in seconds, one phase each"
+    )
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (WEB_CONCURRENCY)")
+    parser.add_argument("--database-url", help="default: a SQLite file in a temporary directory")
+    parser.add_argument(
+        "--no-drain", action="store_true", help="do not wait for the answers after each phase"
+    )
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="snapbot-ack-bench-"))
+    database_url = args.database_url or f"sqlite:///{tmp / 'bench.db'}"
+    answers_log = tmp / "answers.log"
+    answers_log.touch()
+    sink_port = free_port()
+    sink_url = f"http://127.0.0.1:{sink_port}"
+    sink = subprocess.Popen(
+        [sys.executable, "-c", SINK, str(sink_port), str(answers_log)], start_new_session=True
+    )
+    sim = start_simulator_process(tmp, token=VPS_TOKEN)
+    web = None
+    try:
+        wait_http(sink_url + "/api/auth.test", proc=sink)
+        web = start_web(
+            {
+                "SLACK_BOT_TOKEN": "xoxb-bench",
+                "SLACK_SIGNING_SECRET": SECRET,
+                "SLACK_API_URL": sink_url + "/api/",
+                "VPS_API_URL": sim.url,
+                "VPS_API_TOKEN": VPS_TOKEN,
+                "DATABASE_URL": database_url,
+                "LOG_LEVEL": "WARNING",
+            },
+            tmp,
+            workers=args.workers,
+            name="bench-web",
+        )
+        engine = make_engine(database_url)
+        url = web.url + "/slack/events"
+        kind = "SQLite" if database_url.startswith("sqlite") else "PostgreSQL"
+        print(
+            f"snapbot ack latency: {args.requests} signed `/snapshot list` commands per phase, "
+            f"{args.clients} concurrent clients, gunicorn with {args.workers} worker(s), {kind}"
+        )
+        set_latency(sim.url, 0.0)  # a warm-up (imports, pools, connections), not measured
+        run_phase(url, sink_url, phase="warm", requests=40, clients=args.clients)
+        wait_drained(engine)
+        print(
+            f"{'provider':>9} | {'ack p50':>8} {'p90':>8} {'p99':>8} {'max':>8} | {'errors':>6} "
+            f"{'req/s':>6} | {'CPU/cmd':>8} | load avg | answers p50 / p99 / max"
+        )
+        for latency in [float(x) for x in args.latencies.split(",")]:
+            set_latency(sim.url, latency)
+            phase = f"p{int(latency * 1000)}"
+            cpu_before = cpu_seconds(web.popen.pid)
+            lat, errors, wall, sent_at = run_phase(
+                url, sink_url, phase=phase, requests=args.requests, clients=args.clients
+            )
+            load = os.getloadavg()[0]
+            answers = "(not waited for)"
+            if not args.no_drain:
+                wait_drained(engine)
+                delays = answer_delays(answers_log, sent_at, timeout=60)
+                if delays:
+                    answers = (
+                        f"{statistics.median(delays):.1f} s / {percentile(delays, 99):.1f} s / "
+                        f"{max(delays):.1f} s ({len(delays)} answered)"
+                    )
+            cpu = (cpu_seconds(web.popen.pid) - cpu_before) / args.requests * 1000
+            ms = [x * 1000 for x in lat] or [float("nan")]
+            print(
+                f"{latency:>7.1f} s | {statistics.median(ms):>5.1f} ms {percentile(ms, 90):>5.1f} ms "
+                f"{percentile(ms, 99):>5.1f} ms {max(ms):>5.1f} ms | {len(errors):>6} "
+                f"{len(lat) / wall:>6.0f} | {cpu:>5.1f} ms | {load:>8.1f} | {answers}"
+            )
+            if errors:
+                print(f"          errors: {sorted(set(errors))}")
+        engine.dispose()
+    finally:
+        if web is not None:
+            set_latency(sim.url, 0.0)
+            web.terminate()
+        sim.terminate()
+        sink.terminate()
+        sink.wait(10)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,376 @@
+"""Contracts between the parts that must agree: manifest.yml and the listeners the
+code registers, the builders' action_ids and bot/blocks/ids.py, the Procfile and the
+WSGI app, the CLI and its help, and the direction of the imports."""
+
+from __future__ import annotations
+
+import ast
+import os
+import shlex
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+import yaml
+from slack_bolt import App, BoltRequest, BoltResponse
+
+from bot import gunicorn_conf
+from bot.blocks import ids
+from bot.blocks import messages as msg
+from bot.config import Settings
+from bot.core import commands as cmd
+from bot.devtools.slack_signing import (
+    block_actions_body,
+    slash_command_body,
+    view_submission_body,
+)
+from bot.devtools.stack import LocalStack, serve_wsgi
+from bot.listeners.commands import COMMAND
+from bot.runtime import Runtime, build_runtime
+from bot.vps.models import Server, Snapshot
+from bot.web import WebApp
+from storage.tables import AuditEvent, RestoreRequest
+from tests.conftest import wait_until
+from tests.e2e_helpers import wait_for_ephemeral
+
+ROOT = Path(__file__).resolve().parents[1]
+MANIFEST = yaml.safe_load((ROOT / "manifest.yml").read_text(encoding="utf-8"))
+EVENTS_PATH = "/slack/events"
+NOW = datetime(2025, 1, 27, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory) -> Iterator[Runtime]:
+    """The production app, assembled as gunicorn assembles it (nothing is contacted)."""
+    db = tmp_path_factory.mktemp("contracts") / "snapbot.db"
+    settings = Settings(
+        slack_bot_token="xoxb-contract",
+        slack_signing_secret="contract-secret",
+        vps_api_token="contract-token",
+        slack_api_url="http://127.0.0.1:9/api/",
+        vps_api_url="http://127.0.0.1:9/api/v1/",
+        database_url=f"sqlite:///{db}",
+    )
+    rt = build_runtime(settings, start_duties=False)
+    yield rt
+    rt.stop()
+
+
+def listeners_for(app: App, body: bytes) -> list:
+    request = BoltRequest(body=body.decode(), headers={})
+    return [
+        listener
+        for listener in app._listeners
+        if listener.matches(req=request, resp=BoltResponse(status=404))
+    ]
+
+
+def press(action_id: str) -> bytes:
+    return block_actions_body(action_id, "801", message_ts="1700000000.000100")
+
+
+# -- manifest.yml <-> registered listeners --------------------------------------------------
+
+
+def test_the_manifests_slash_command_is_the_one_the_listeners_register(runtime):
+    (command,) = MANIFEST["features"]["slash_commands"]
+    assert command["command"] == COMMAND == "/snapshot"
+    app = runtime.app
+    assert len(listeners_for(app, slash_command_body("list", command=COMMAND))) == 1
+    assert listeners_for(app, slash_command_body("list", command="/other")) == []
+
+
+def test_the_usage_hint_names_every_subcommand_the_parser_knows():
+    hint = MANIFEST["features"]["slash_commands"][0]["usage_hint"]
+    for sub in cmd.SUBCOMMAND_USAGE:
+        if sub != "help":
+            assert sub in hint, f"the manifest's usage hint does not mention {sub!r}"
+            assert not isinstance(cmd.parse(sub + " 801 x"), cmd.Help)  # a real subcommand
+
+
+def test_every_action_id_has_a_listener_of_its_own(runtime):
+    app = runtime.app
+    catch_all = listeners_for(app, press("no-such-snapbot-action"))
+    for action_id in ids.ACTION_IDS:
+        own = [
+            listener
+            for listener in listeners_for(app, press(action_id))
+            if listener not in catch_all
+        ]
+        assert own, f"no listener is registered for action_id {action_id!r}"
+
+
+def test_every_modal_callback_id_has_a_listener(runtime):
+    app = runtime.app
+    for callback_id in ids.VIEW_CALLBACK_IDS:
+        assert listeners_for(app, view_submission_body(callback_id, {})), callback_id
+    assert listeners_for(app, view_submission_body("not-a-snapbot-view", {})) == []
+
+
+def builder_outputs() -> list[dict]:
+    snap = Snapshot(
+        id=801,
+        server=Server(id=12345, name="web-server-01"),
+        name="pre-migration",
+        status="completed",
+        size_mb=5120,
+        created_at=NOW - timedelta(days=12),
+        description="d",
+    )
+    requests = [
+        RestoreRequest(
+            id=7,
+            snapshot_id=801,
+            snapshot_name="pre-migration",
+            server_id=12345,
+            server_name="web-server-01",
+            requester="U1",
+            channel="C1",
+            state=state,
+            created_at=NOW,
+            expires_at=NOW + timedelta(hours=1),
+        )
+        for state in ("pending", "approved", "succeeded", "rejected", "expired")
+    ]
+    event = AuditEvent(
+        id=1, at=NOW, action="a", outcome="ok", prev_hash="0" * 64, hash="1" * 64, actor="U1"
+    )
+    return [
+        msg.text_message("t"),
+        msg.error_message("t"),
+        msg.usage_message(cmd.USAGE, "p"),
+        msg.snapshot_list([snap] * 1, NOW, scope="all servers"),
+        msg.snapshot_list([], NOW, scope="all servers"),
+        msg.create_message(
+            server_name="w", server_id=1, name="n", requester="U1", state="in_progress"
+        ),
+        msg.create_thread_reply(
+            status="completed",
+            name="n",
+            requester="U1",
+            size_mb=1,
+            duration=timedelta(1),
+            snapshot_id=1,
+        ),
+        msg.limit_reached("t", 798, "oldest"),
+        msg.create_modal(channel="C1", servers=[(12345, "web-server-01")]),
+        msg.create_modal(channel="C1", servers=None),
+        msg.delete_prompt(snap, "U1", NOW),
+        *(msg.restore_request(r, ["U2"], NOW) for r in requests),
+        msg.thread_note("t"),
+        msg.incident_notice("t", "https://x"),
+        msg.audit_list([event]),
+        msg.pending_list(requests, [], NOW),
+    ]
+
+
+def test_every_button_the_builders_emit_uses_an_id_from_the_registry():
+    emitted = set()
+    for payload in builder_outputs():
+        for block in payload["blocks"]:
+            if block["type"] == "input":
+                continue  # modal inputs are read from the submission, not sent as actions
+            for element in [*(block.get("elements") or []), block.get("accessory") or {}]:
+                if "action_id" in element:
+                    emitted.add(element["action_id"])
+    assert emitted, "the builders emitted no buttons at all"
+    assert emitted <= set(ids.ACTION_IDS), emitted - set(ids.ACTION_IDS)
+    # the modal's callback id too
+    modal = msg.create_modal(channel="C1", servers=None)
+    assert modal["callback_id"] in ids.VIEW_CALLBACK_IDS
+
+
+def test_interactivity_is_on_and_every_request_url_is_the_route_the_app_serves(runtime):
+    settings = MANIFEST["settings"]
+    assert settings["interactivity"]["is_enabled"] is True
+    urls = [c["url"] for c in MANIFEST["features"]["slash_commands"]]
+    urls.append(settings["interactivity"]["request_url"])
+    server, _ = serve_wsgi(WebApp(runtime))
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        for url in urls:
+            path = urlsplit(url).path
+            assert path == EVENTS_PATH, url
+            # The route exists and verifies: unsigned, it is refused (not "not found").
+            assert httpx.post(base + path, content=b"command=%2Fsnapshot").status_code == 401
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_manifests_bot_scopes_cover_every_slack_call_the_app_makes(tmp_path):
+    scopes = MANIFEST["oauth_config"]["scopes"]["bot"]
+    stack = LocalStack(
+        database_url=f"sqlite:///{tmp_path / 'scopes.db'}",
+        create_seconds=0.5,
+        poll_seconds=0.2,
+        settings_overrides={"snapshot_operators": frozenset({"UOPS", "SOPS"})},
+    ).start()
+    try:
+        stack.slack.scopes = set(scopes)
+        stack.slack.usergroups["SOPS"] = ["UMEMBER"]
+        operator, member = stack.user("UOPS"), stack.user("UMEMBER")
+        operator.command("create web-server-01 scoped")
+        operator.command("create")  # the modal
+        member.command("delete 798")  # allowed through the user group
+        operator.command("list")
+        wait_for_ephemeral(stack, "UMEMBER", "Delete snapshot")
+        wait_for_ephemeral(stack, "UOPS", "snapshot(s)")
+        stack.slack.wait_for_call("views.update", timeout=10)
+        wait_until(
+            lambda: any("completed" in (m.text or "") for m in stack.slack.messages("C1")),
+            what="the threaded completion",
+        )
+        missing = [c for c in stack.slack.calls() if c.error == "missing_scope"]
+        assert missing == []
+        assert stack.slack.calls("usergroups.users.list")  # the group scope was exercised
+    finally:
+        invalid = stack.slack.invalid_payloads
+        stack.stop()
+    assert invalid == []
+
+
+# -- CLI help ---------------------------------------------------------------------------------
+
+HELP_COMMANDS = [
+    [],
+    ["serve"],
+    ["demo"],
+    ["shell"],
+    ["audit"],
+    ["audit", "verify"],
+    ["audit", "export"],
+    ["vps-sim"],
+]
+
+
+def test_every_cli_command_has_help(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "VPS_", "DATABASE"))}
+    env["PYTHONPATH"] = str(ROOT)
+    script = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]["snapbot"]
+    module, func = script.split(":")
+    # `snapbot ...` exactly as the console script runs it, and `python -m bot ...`.
+    console = f"import sys; from {module} import {func} as main; sys.argv[0] = 'snapbot'; "
+    console += "sys.exit(main())"
+    runs = [[sys.executable, "-c", console, "--help"]]
+    runs += [[sys.executable, "-m", "bot", *words, "--help"] for words in HELP_COMMANDS]
+    procs = [
+        subprocess.Popen(
+            argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for argv in runs
+    ]
+    for argv, proc in zip(runs, procs, strict=True):
+        out, err = proc.communicate(timeout=60)
+        words = " ".join(argv[3:] if argv[1] == "-m" else ["snapbot"])
+        assert proc.returncode == 0, f"{words} --help exited {proc.returncode}: {err}"
+        assert out.lower().startswith("usage:"), f"{words} --help printed {out[:200]!r}"
+        assert len(out.splitlines()) >= 3 and "Traceback" not in err, words
+
+
+# -- Procfile <-> gunicorn config <-> WSGI app ----------------------------------------------------
+
+
+def test_the_procfile_web_line_runs_gunicorn_with_the_config_and_the_app_factory(monkeypatch):
+    lines = dict(
+        line.split(":", 1)
+        for line in (ROOT / "Procfile").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    )
+    argv = shlex.split(lines["web"])
+    assert argv[0] == "gunicorn"
+    config = argv[argv.index("--config") + 1]
+    assert config == "python:bot.gunicorn_conf"
+    (app_spec,) = [a for a in argv[1:] if not a.startswith("-") and a != config]
+    module, _, factory = app_spec.partition(":")
+    assert (module, factory) == ("bot.web", "create_app()")
+    import bot.web
+
+    assert callable(bot.web.create_app)
+    # The config binds to $HOST:$PORT and serves threads (not Bolt's development server).
+    monkeypatch.setenv("PORT", "4321")
+    monkeypatch.setenv("HOST", "127.0.0.1")
+    import importlib
+
+    conf = importlib.reload(gunicorn_conf)
+    try:
+        assert conf.bind == "127.0.0.1:4321"
+        assert conf.worker_class == "gthread" and conf.threads >= 4
+        assert conf.preload_app is False  # each worker builds its own runtime and watcher
+    finally:
+        monkeypatch.undo()
+        importlib.reload(gunicorn_conf)
+
+
+# -- layering ----------------------------------------------------------------------------------
+
+
+def imports_in(source: str, package: str) -> set[str]:
+    """Every module some source imports (relative imports resolved against ``package``)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")
+                base = parts[: len(parts) - node.level + 1]
+                stem = ".".join(base + ([node.module] if node.module else []))
+            else:
+                stem = node.module or ""
+            found.add(stem)
+            found.update(f"{stem}.{alias.name}" for alias in node.names)
+    return found
+
+
+def imports_of(path: Path) -> set[str]:
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    return imports_in(path.read_text(encoding="utf-8"), package)
+
+
+def offending(folder: str, forbidden: tuple[str, ...]) -> dict[str, list[str]]:
+    problems = {}
+    files = sorted((ROOT / folder).rglob("*.py"))
+    assert files, f"no modules under {folder}"
+    for path in files:
+        bad = sorted(
+            name
+            for name in imports_of(path)
+            if any(name == f or name.startswith(f + ".") for f in forbidden)
+        )
+        if bad:
+            problems[str(path.relative_to(ROOT))] = bad
+    return problems
+
+
+def test_the_core_imports_nothing_from_slack_http_or_sql():
+    forbidden = ("slack_sdk", "slack_bolt", "httpx", "sqlalchemy", "sqlmodel", "storage")
+    assert offending("bot/core", forbidden) == {}
+
+
+def test_listeners_reach_storage_and_the_provider_only_through_services():
+    assert offending("bot/listeners", ("storage", "httpx", "sqlalchemy", "sqlmodel")) == {}
+
+
+def test_block_builders_do_no_io():
+    forbidden = ("storage", "httpx", "sqlalchemy", "sqlmodel", "slack_bolt", "bot.services")
+    assert offending("bot/blocks", forbidden) == {}
+    assert offending("bot/blocks", ("slack_sdk.web", "slack_sdk.socket_mode")) == {}
+
+
+def test_the_layering_walk_sees_absolute_relative_and_nested_imports():
+    probe = (
+        "import httpx\n"
+        "from ..vps import client\n"
+        "from . import errors\n"
+        "def f():\n"
+        "    from storage.db import session_scope\n"
+    )
+    found = imports_in(probe, "bot.core")
+    assert {"httpx", "bot.vps.client", "bot.core.errors", "storage.db"} <= found

@@ -1,0 +1,282 @@
+"""Serving: the WSGI app's routes and health check, the real gunicorn `web` process
+(the Procfile's command), and Socket Mode when SLACK_APP_TOKEN is set."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from slack_bolt import BoltRequest
+from slack_bolt.adapter.socket_mode import SocketModeHandler
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+
+from bot.__main__ import socket_mode_handler
+from bot.config import load_settings
+from bot.devtools.fake_slack import FakeSlack
+from bot.devtools.slack_signing import SlackClientSim, sign, slash_command_body
+from bot.devtools.stack import LocalStack, serve_wsgi
+from bot.runtime import build_runtime
+from bot.vps.simulator import start_simulator
+from bot.web import MAX_BODY_BYTES, WebApp
+from storage.db import make_engine, session_scope
+from tests.procs import free_port, snapbot_env, start_web
+
+SECRET = "web-test-signing-secret"
+VPS_TOKEN = "web-test-vps-token"
+
+
+@pytest.fixture
+def stack(tmp_path) -> Iterator[LocalStack]:
+    s = LocalStack(database_url=f"sqlite:///{tmp_path / 'web.db'}", start_duties=False).start()
+    yield s
+    s.stop()
+
+
+def base_url(stack: LocalStack) -> str:
+    return stack.url.removesuffix("/slack/events")
+
+
+# -- routes and /healthz -------------------------------------------------------------------
+
+
+def test_healthz_answers_200_json_when_the_database_answers(stack):
+    response = httpx.get(base_url(stack) + "/healthz")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert body["ok"] is True and body["database"] == "ok"
+
+
+def test_healthz_answers_503_when_the_database_cannot_be_opened(stack, tmp_path):
+    unreadable = tmp_path / "no-such-directory" / "snapbot.db"
+    broken = dataclasses.replace(stack.runtime, engine=make_engine(f"sqlite:///{unreadable}"))
+    server, _ = serve_wsgi(WebApp(broken))
+    try:
+        response = httpx.get(f"http://127.0.0.1:{server.server_address[1]}/healthz")
+    finally:
+        server.shutdown()
+        server.server_close()
+        broken.engine.dispose()
+    assert response.status_code == 503
+    assert response.json() == {"ok": False, "database": "unavailable"}
+    assert "no-such-directory" not in response.text  # no paths or errors leak out
+
+
+def test_other_routes_and_methods_are_refused_plainly(stack):
+    base = base_url(stack)
+    assert httpx.get(base + "/slack/events").status_code == 405
+    assert httpx.get(base + "/").status_code == 404
+    assert httpx.post(base + "/slack/other", content=b"x").status_code == 404
+    huge = b"x" * (MAX_BODY_BYTES + 1)
+    assert httpx.post(stack.url, content=huge, headers=sign(SECRET, huge)).status_code == 413
+    assert sum(stack.sim.state.calls.values()) == 0
+
+
+# -- the real gunicorn process ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gunicorn(tmp_path_factory):
+    """The Procfile's web command with one worker, the simulator and fake Slack beside it."""
+    tmp = tmp_path_factory.mktemp("gunicorn")
+    sim = start_simulator(token=VPS_TOKEN, create_seconds=1.0, restore_seconds=1.0)
+    fake = FakeSlack().start()
+    settings = {
+        "SLACK_BOT_TOKEN": "xoxb-web-test",
+        "SLACK_SIGNING_SECRET": SECRET,
+        "SLACK_API_URL": fake.api_url,
+        "VPS_API_URL": sim.url,
+        "VPS_API_TOKEN": VPS_TOKEN,
+        "DATABASE_URL": f"sqlite:///{tmp / 'web.db'}",
+        "SNAPSHOT_POLL_SECONDS": "0.5",
+        "LOG_LEVEL": "WARNING",
+    }
+    proc = start_web(settings, tmp)
+    yield proc, sim, fake
+    sim.stop()  # anything still waiting on the provider fails fast
+    code = proc.terminate()
+    fake.stop()
+    assert code == 0, proc.log()[-3000:]
+    assert "Traceback" not in proc.log(), proc.log()[-3000:]
+
+
+def test_gunicorn_serves_health_verifies_requests_and_answers_a_command(gunicorn):
+    proc, sim, fake = gunicorn
+    health = httpx.get(proc.url + "/healthz")
+    assert health.status_code == 200 and health.json()["database"] == "ok"
+    slack = SlackClientSim(proc.url + "/slack/events", SECRET)
+    try:
+        before = sim.state.calls["GET snapshots/"]
+        body = slash_command_body(
+            "list web-server-01",
+            user_id="UGUNI",
+            response_url=fake.response_url("gunicorn", channel="C1", user="UGUNI"),
+        )
+        assert slack.post(body, bad_signature=True).status_code == 401
+        assert slack.post(body, timestamp=int(time.time()) - 301).status_code == 401
+        assert sim.state.calls["GET snapshots/"] == before
+        assert slack.post(body).status_code == 200
+    finally:
+        slack.close()
+    answer = fake.wait_for(
+        lambda: [e for e in fake.ephemerals(user="UGUNI") if "snapshot(s)" in (e.text or "")],
+        timeout=15,
+        what="the list in answer to the command",
+    )
+    assert "2 snapshot(s) for web-server-01" in answer[0].text
+    assert fake.invalid_payloads == []
+
+
+def test_gunicorn_acks_forty_concurrent_commands_while_the_provider_takes_ten_seconds(gunicorn):
+    proc, sim, fake = gunicorn
+    sim.state.latency = 10.0
+    statuses: list[int] = []
+    barrier = threading.Barrier(40)
+
+    def command(i: int) -> None:
+        body = slash_command_body(
+            "list",
+            user_id=f"UBURST{i}",
+            response_url=fake.response_url(f"burst{i}", channel="C1", user=f"UBURST{i}"),
+        )
+        with httpx.Client(timeout=10) as client:
+            barrier.wait()
+            response = client.post(
+                proc.url + "/slack/events", content=body, headers=sign(SECRET, body)
+            )
+        statuses.append(response.status_code)
+
+    threads = [threading.Thread(target=command, args=(i,)) for i in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(15)
+    sim.state.latency = 0.0
+    assert sorted(statuses) == [200] * 40
+
+
+# -- Socket Mode ------------------------------------------------------------------------------
+
+
+def _env(tmp_path, fake: FakeSlack, **extra) -> dict[str, str]:
+    return {
+        "SLACK_BOT_TOKEN": "xoxb-socket-test",
+        "VPS_API_TOKEN": VPS_TOKEN,
+        "VPS_API_URL": "http://127.0.0.1:9/api/v1/",
+        "SLACK_API_URL": fake.api_url,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'socket.db'}",
+        **extra,
+    }
+
+
+def test_with_an_app_token_serve_builds_a_socket_mode_app_that_needs_no_signature(tmp_path):
+    with FakeSlack().start() as fake:
+        settings = load_settings(
+            _env(tmp_path, fake, SLACK_APP_TOKEN="xapp-1-socket-test"), env_file=None
+        )
+        assert settings.socket_mode
+        runtime, handler = socket_mode_handler(settings, start_duties=False)
+        try:
+            assert isinstance(handler, SocketModeHandler) and handler.app is runtime.app
+            assert handler.client.app_token == "xapp-1-socket-test"
+            # apps.connections.open goes where SLACK_API_URL points (GovSlack, tests).
+            assert handler.client.web_client.base_url == fake.api_url
+            # Socket Mode frames carry no signature: an unsigned request is handled.
+            unsigned = BoltRequest(body=slash_command_body("help").decode(), headers={})
+            answer = runtime.app.dispatch(unsigned)
+            assert answer.status == 200 and "/snapshot list [server]" in answer.body
+        finally:
+            handler.close()
+            runtime.stop()
+        # Over HTTP (no app token, a signing secret) the very same request is refused.
+        http_settings = load_settings(
+            _env(tmp_path, fake, SLACK_SIGNING_SECRET=SECRET), env_file=None
+        )
+        assert not http_settings.socket_mode
+        http_runtime = build_runtime(http_settings, start_duties=False)
+        try:
+            unsigned = BoltRequest(body=slash_command_body("help").decode(), headers={})
+            assert http_runtime.app.dispatch(unsigned).status == 401
+        finally:
+            http_runtime.stop()
+
+
+def test_snapbot_serve_with_an_app_token_opens_a_socket_mode_connection_not_a_port(tmp_path):
+    port = free_port()
+    with FakeSlack().start() as fake:
+        env = snapbot_env(
+            _env(
+                tmp_path,
+                fake,
+                SLACK_APP_TOKEN="xapp-1-socket-test",
+                PORT=str(port),
+                HOST="127.0.0.1",
+            )
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bot", "serve"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            # The fake does not speak Socket Mode (apps.connections.open answers
+            # unknown_method): what matters is that serve() asked Slack for a WebSocket
+            # URL through SLACK_API_URL, bound no port, and said what to check.
+            out, err = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate(timeout=10)
+        assert [c.method for c in fake.calls("apps.connections.open")] == ["apps.connections.open"]
+    assert proc.returncode == 1
+    assert "Traceback" not in err and "xapp-1-socket-test" not in err + out
+    assert "Slack refused the Socket Mode connection (unknown_method)" in err
+    assert "SLACK_APP_TOKEN" in err
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+
+
+# -- the web process's SQLite writers take turns (storage/db.py) ------------------------------
+
+
+def test_a_sqlite_write_turn_comes_back_after_commit_rollback_error_and_invalidation(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'turns.db'}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (x INTEGER)"))
+    with session_scope(engine) as s:
+        s.execute(text("INSERT INTO t VALUES (1)"))
+    with pytest.raises(RuntimeError), session_scope(engine) as s:
+        s.execute(text("INSERT INTO t VALUES (2)"))
+        raise RuntimeError("rolled back")
+    conn = engine.connect()
+    conn.execute(text("INSERT INTO t VALUES (3)"))
+    conn.invalidate()  # dropped mid-transaction, as on a lost connection
+    conn.close()
+    with pytest.raises(OperationalError), session_scope(engine) as s:
+        s.execute(text("INSERT INTO no_such_table VALUES (4)"))
+
+    def writers() -> None:
+        for i in range(20):
+            with session_scope(engine) as s:
+                s.execute(text("INSERT INTO t VALUES (:x)"), {"x": 10 + i})
+
+    threads = [threading.Thread(target=writers) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert not any(t.is_alive() for t in threads), "a writer never got its turn"
+    with session_scope(engine, readonly=True) as s:
+        assert s.execute(text("SELECT count(*) FROM t")).scalar_one() == 81
+    engine.dispose()

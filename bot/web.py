@@ -12,8 +12,11 @@ import io
 import json
 import logging
 import time
+from urllib.parse import parse_qsl
 
+from slack_bolt import BoltContext, BoltRequest, BoltResponse
 from slack_bolt.adapter.wsgi import SlackRequestHandler
+from slack_bolt.request.internals import build_context
 
 from bot import request_guard
 from bot.config import load_or_exit
@@ -29,7 +32,7 @@ MAX_BODY_BYTES = 1 << 20  # Slack's payloads are far smaller; refuse anything hu
 class WebApp:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self.slack = SlackRequestHandler(runtime.app, path="/slack/events")
+        self.slack = _FormAwareHandler(runtime.app, path="/slack/events")
         self.secret = (runtime.settings.slack_signing_secret or "").encode()
 
     def __call__(self, environ, start_response):
@@ -104,6 +107,23 @@ class WebApp:
                 "jobs_running": duties.s.jobs.running,
             },
         )
+
+
+class _FormAwareHandler(SlackRequestHandler):
+    """Bolt's WSGI handler, except that a form is read as a form. Bolt takes any body
+    that merely contains the word "payload" for an interactivity payload, so
+    `/snapshot restore 801 the payload broke it` (or a channel named payload-team)
+    reached no listener and was answered 404."""
+
+    def dispatch(self, request) -> BoltResponse:
+        raw = request.get_body()
+        req = BoltRequest(body=raw, query=request.query_string, headers=request.get_headers())
+        if "payload" in raw and req.content_type != "application/json" and raw[:1] != "{":
+            form = dict(parse_qsl(raw, keep_blank_values=True))
+            if "payload" not in form:
+                req.body = form
+                req.context = build_context(BoltContext(), form)
+        return self.app.dispatch(req)
 
 
 def _json(start_response, status: str, body: dict):

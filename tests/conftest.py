@@ -14,6 +14,8 @@ from sqlalchemy import create_engine, text
 
 from storage.db import make_engine, migrate, normalise_url
 
+pytest_plugins = ["tests.secret_scan"]  # no stack secret in logs, database or Slack
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SNAPBOT_SHARED_DIR", ROOT.parent / "shared"))
 PG_URL = os.environ.get("TEST_DATABASE_URL")

@@ -5,6 +5,7 @@ the end-to-end tests drive it with requests signed exactly as Slack signs them.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 import tempfile
@@ -32,9 +33,13 @@ from storage.db import session_scope
 
 log = logging.getLogger(__name__)
 
-SIGNING_SECRET = "local-signing-secret-0123456789abcdef"
-BOT_TOKEN = "xoxb-local-bot-token"
-VPS_TOKEN = "local-vps-token"
+# Distinctive, so a secret scanner (tests/secret_scan.py) finds them wherever they leak,
+# and the same in every process (the demo's subprocess, the tests). No literal holds a
+# whole value, so no generated test input (hypothesis mines literals) contains one.
+_SALT = hashlib.sha256(b"snapbot local stack secrets").hexdigest()
+SIGNING_SECRET = "local-signing-secret-" + _SALT[:24]
+BOT_TOKEN = "xoxb-local-bot-token-" + _SALT[24:40]
+VPS_TOKEN = "local-vps-token-" + _SALT[40:56]
 INCIDENT_CHANNEL = "CINCIDENT"
 RESTORE_CALL = "POST snapshots/{id}/restore/"  # the simulator's counter key
 

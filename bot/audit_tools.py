@@ -36,7 +36,6 @@ EXPORT_FIELDS = (
 
 
 VERIFY_PAGE = 20_000
-HEAD_RETRIES = 20
 PARALLEL_FROM = 200_000  # rows; a smaller log is verified before workers would have started
 MAX_WORKERS = 4
 
@@ -56,13 +55,14 @@ def verify(
     one per CPU, up to MAX_WORKERS, from PARALLEL_FROM rows); each range is verified on
     its own and this process checks that each range starts where the one before ended.
 
-    The head is read after the rows: a bot appending meanwhile only moves it further,
-    so rows that reached the head after the walk are walked too and the check repeats.
-    Rows beyond the head were not written by snapbot's append; a head beyond the rows
-    means rows were cut from the end."""
+    The head is read before the walk and again after it. Rows are immutable, so a bot
+    appending meanwhile cannot disturb the check: the rows must reach the first head
+    (else rows were cut from the end) and carry its hash at that id, and no row may lie
+    beyond the second head (snapbot's append never writes one)."""
     walk = _Walk()
     with session_scope(engine, readonly=True) as s:
-        count = repo.audit_head(s)[0]
+        before = repo.audit_head(s)
+    count = before[0]
     if workers is None:
         workers = min(os.cpu_count() or 1, MAX_WORKERS) if count >= PARALLEL_FROM else 1
     if engine.url.database in (None, "", ":memory:") and engine.dialect.name == "sqlite":
@@ -71,12 +71,20 @@ def verify(
     if 1 < workers <= count:
         result = _walk_in_parallel(engine, key, count, workers, walk)
     if result is None:  # the rest of the chain (all of it, without workers) in this process
-        tail = audit_chain.verify_rows(
-            _rows_then_tail(engine, walk), key, start=(walk.next_id, walk.prev)
+        rows = repo.stream_audit_rows(
+            engine, after=walk.after, batch=VERIFY_PAGE, time_as_text=True
         )
+        tail = audit_chain.verify_rows(rows, key, start=(walk.next_id, walk.prev))
         result = audit_chain.VerifyResult(walk.rows + tail.rows, tail.head_hash, tail.broken)
         if result.ok:
-            result = _against_head(result, walk.head)
+            with session_scope(engine, readonly=True) as s:
+                after = repo.audit_head(s)
+                at_before = (
+                    result.head_hash
+                    if before[0] in (0, result.rows)
+                    else repo.audit_hash_at(s, row_id=before[0])
+                )
+            result = _against_head(result, before, after, at_before)
     return _against_checkpoint(engine, result, checkpoint)
 
 
@@ -88,35 +96,26 @@ class _Walk:
     prev: str = audit_chain.GENESIS_HASH
     rows: int = 0
     after: int | None = None  # the id the walk in this process resumes after
-    head: tuple[int, str] = (0, audit_chain.GENESIS_HASH)
-
-
-def _rows_then_tail(engine: Engine, walk: _Walk) -> Iterator[tuple]:
-    last = walk.after
-    for _ in range(HEAD_RETRIES):
-        last = yield from repo.stream_audit_rows(
-            engine, after=last, batch=VERIFY_PAGE, time_as_text=True
-        )
-        with session_scope(engine, readonly=True) as s:
-            walk.head = repo.audit_head(s)
-        if walk.head[0] <= (last or 0):
-            return
 
 
 def _against_head(
-    result: audit_chain.VerifyResult, head: tuple[int, str]
+    result: audit_chain.VerifyResult,
+    before: tuple[int, str],
+    after: tuple[int, str],
+    hash_at_before: str | None,
 ) -> audit_chain.VerifyResult:
-    count, digest = head
-    if result.rows > count:
-        return _broken(result, count + 1, f"not recorded in the chain head (it says {count} rows)")
-    if result.rows < count:
+    if result.rows > after[0]:
+        return _broken(
+            result, after[0] + 1, f"not recorded in the chain head (it says {after[0]} rows)"
+        )
+    if result.rows < before[0]:
         return _broken(
             result,
             result.rows + 1,
-            f"missing: the chain head says {count} rows, the log ends at row {result.rows}",
+            f"missing: the chain head says {before[0]} rows, the log ends at row {result.rows}",
         )
-    if digest != result.head_hash:
-        return _broken(result, count, "does not match the chain head's hash")
+    if before[0] and hash_at_before != before[1]:
+        return _broken(result, before[0], "does not match the chain head's hash")
     return result
 
 

@@ -935,13 +935,7 @@ class Services:
                 )
                 decision = None
             else:
-                view = approval.RequestView(
-                    state=approval.State(req.state),
-                    requester=req.requester,
-                    expires_at=req.expires_at,
-                    approvals=approvals,
-                    decided_by=req.decided_by,
-                )
+                view = _view(req, approvals)
                 # The quorum is the one the request was opened with (and shows), even if
                 # RESTORE_APPROVALS changed since.
                 policy = replace(self.policy, required_approvals=req.required_approvals)
@@ -953,6 +947,8 @@ class Services:
                     repo.add_approval(s, request_id=request_id, approver=actor.user, now=now)
                     approvals = repo.approvers_of(s, request_id=request_id)
                     if len(approvals) >= policy.required_approvals:
+                        # The row lock means the decision above saw the request as it
+                        # is; the conditional update still guarantees a single winner.
                         won = repo.transition_request(
                             s,
                             request_id=request_id,
@@ -962,20 +958,9 @@ class Services:
                             decided_at=now,
                         )
                         if not won:
+                            fresh, approvals = self._request_view(s, request_id)
                             decision = approval.decide_approval(
-                                approval.RequestView(
-                                    state=approval.State(
-                                        repo.get_restore_request(s, request_id=request_id).state
-                                    ),
-                                    requester=req.requester,
-                                    expires_at=req.expires_at,
-                                    approvals=approvals,
-                                    decided_by=req.decided_by,
-                                ),
-                                actor.user,
-                                policy,
-                                now,
-                                groups,
+                                _view(fresh, approvals), actor.user, policy, now, groups
                             )
                 self.audit(
                     s,
@@ -1047,13 +1032,7 @@ class Services:
                 )
                 decision = None
             else:
-                view = approval.RequestView(
-                    state=approval.State(req.state),
-                    requester=req.requester,
-                    expires_at=req.expires_at,
-                    approvals=approvals,
-                    decided_by=req.decided_by,
-                )
+                view = _view(req, approvals)
                 decision = approval.decide_rejection(view, actor.user, self.policy, now, groups)
                 if decision.new_state is not None and not repo.transition_request(
                     s,
@@ -1355,6 +1334,17 @@ class Services:
                 key=f"checkpoint:{count}:{head[:16]}",
             )
         self.outbox.flush([mid])
+
+
+def _view(req: RestoreRequest, approvals: frozenset[str]) -> approval.RequestView:
+    """The stored request as the pure rules see it."""
+    return approval.RequestView(
+        state=approval.State(req.state),
+        requester=req.requester,
+        expires_at=req.expires_at,
+        approvals=approvals,
+        decided_by=req.decided_by,
+    )
 
 
 def request_key(request_id: int) -> str:

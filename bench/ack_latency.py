@@ -25,6 +25,7 @@ Target: ack p99 <= 100 ms on a 2-core machine, whatever the provider latency.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import statistics
 import subprocess
@@ -32,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -117,32 +119,64 @@ def cpu_seconds(pid: int) -> float:
 
 
 def run_phase(
-    url: str, sink_url: str, *, phase: str, requests: int, clients: int
+    url: str,
+    sink_url: str,
+    *,
+    phase: str,
+    requests: int,
+    clients: int,
+    processes: int = 1,
 ) -> tuple[list[float], list[str], float, dict[str, float]]:
-    """Send `requests` signed commands from `clients` threads; return ack latencies,
-    errors, wall time, and when each command was sent (by its response_url name)."""
-    bodies = [
-        slash_command_body(
+    """Send `requests` signed commands from `clients` concurrent clients, spread over
+    `processes` client processes (one Python process alone would measure its own GIL);
+    return ack latencies, errors, wall time, and when each command was sent (by its
+    response_url name)."""
+    processes = max(1, min(processes, clients))
+    shares = [list(range(requests))[p::processes] for p in range(processes)]
+    threads = [len(range(clients)[p::processes]) for p in range(processes)]
+    start_at = time.time() + 0.5
+    if processes == 1:
+        parts = [_client_process(url, sink_url, phase, shares[0], threads[0], start_at)]
+    else:
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(processes, mp_context=ctx) as pool:
+            futures = [
+                pool.submit(_client_process, url, sink_url, phase, shares[p], threads[p], start_at)
+                for p in range(processes)
+            ]
+            parts = [f.result() for f in futures]
+    latencies = [x for part in parts for x in part[0]]
+    errors = [x for part in parts for x in part[1]]
+    sent_at = {k: v for part in parts for k, v in part[2].items()}
+    wall = max(part[3] for part in parts) - start_at
+    return latencies, errors, wall, sent_at
+
+
+def _client_process(
+    url: str, sink_url: str, phase: str, indexes: list[int], clients: int, start_at: float
+) -> tuple[list[float], list[str], dict[str, float], float]:
+    bodies = {
+        i: slash_command_body(
             "list",
             user_id=f"UBENCH{i:05d}",
             channel_id="CBENCH",
             response_url=f"{sink_url}/response/{phase}-{i}",
         )
-        for i in range(requests)
-    ]
+        for i in indexes
+    }
     sent_at: dict[str, float] = {}
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
-    indexes = iter(range(requests))
-    barrier = threading.Barrier(clients)
+    queue = iter(indexes)
 
     def client() -> None:
         with httpx.Client(timeout=30) as http:
-            barrier.wait()
+            while time.time() < start_at:  # all processes start together
+                time.sleep(0.001)
             while True:
                 with lock:
-                    i = next(indexes, None)
+                    i = next(queue, None)
                 if i is None:
                     return
                 headers = sign(SECRET, bodies[i])  # signed when sent, as Slack does
@@ -156,13 +190,12 @@ def run_phase(
                     sent_at[f"{phase}-{i}"] = at
                     (latencies.append(took) if status == 200 else errors.append(str(status)))
 
-    threads = [threading.Thread(target=client, name=f"bench-{n}") for n in range(clients)]
-    begun = time.perf_counter()
-    for t in threads:
+    workers = [threading.Thread(target=client, name=f"bench-{n}") for n in range(clients)]
+    for t in workers:
         t.start()
-    for t in threads:
+    for t in workers:
         t.join()
-    return latencies, errors, time.perf_counter() - begun, sent_at
+    return latencies, errors, sent_at, time.time()
 
 
 def answer_delays(log: Path, sent_at: dict[str, float], timeout: float) -> list[float]:
@@ -187,6 +220,12 @@ def main() -> int:
         "--latencies", default="2,0", help="provider latencies in seconds, one phase each"
     )
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (WEB_CONCURRENCY)")
+    parser.add_argument(
+        "--client-processes",
+        type=int,
+        default=4,
+        help="processes the clients are spread over (1: all threads of this process)",
+    )
     parser.add_argument("--database-url", help="default: a SQLite file in a temporary directory")
     parser.add_argument(
         "--no-drain", action="store_true", help="do not wait for the answers after each phase"
@@ -225,7 +264,8 @@ def main() -> int:
         kind = "SQLite" if database_url.startswith("sqlite") else "PostgreSQL"
         print(
             f"snapbot ack latency: {args.requests} signed `/snapshot list` commands per phase, "
-            f"{args.clients} concurrent clients, gunicorn with {args.workers} worker(s), {kind}"
+            f"{args.clients} concurrent clients in {args.client_processes} process(es), "
+            f"gunicorn with {args.workers} worker(s), {kind}"
         )
         set_latency(sim.url, 0.0)  # a warm-up (imports, pools, connections), not measured
         run_phase(url, sink_url, phase="warm", requests=40, clients=args.clients)
@@ -239,7 +279,12 @@ def main() -> int:
             phase = f"p{int(latency * 1000)}"
             cpu_before = cpu_seconds(web.popen.pid)
             lat, errors, wall, sent_at = run_phase(
-                url, sink_url, phase=phase, requests=args.requests, clients=args.clients
+                url,
+                sink_url,
+                phase=phase,
+                requests=args.requests,
+                clients=args.clients,
+                processes=args.client_processes,
             )
             load = os.getloadavg()[0]
             answers = "(not waited for)"

@@ -12,8 +12,6 @@ from datetime import UTC, datetime
 
 from bot.config import load_or_exit
 
-COMMANDS = ("serve", "demo", "shell", "audit", "vps-sim")
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

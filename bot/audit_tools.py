@@ -229,13 +229,6 @@ def _export_tuples(engine: Engine, *, since: datetime | None, actor: str | None)
         yield (row[0], fmt_time(row[1]), *row[2:])
 
 
-def export_rows(
-    engine: Engine, *, since: datetime | None = None, actor: str | None = None
-) -> Iterator[dict]:
-    for row in _export_tuples(engine, since=since, actor=actor):
-        yield dict(zip(EXPORT_FIELDS, row, strict=True))
-
-
 def export(
     engine: Engine,
     out: TextIO,

@@ -919,7 +919,9 @@ class Services:
             time.sleep(0.05)
         return first
 
-    def _request_view(self, s, request_id: int, *, lock: bool = False) -> tuple[RestoreRequest | None, frozenset[str]]:
+    def _request_view(
+        self, s, request_id: int, *, lock: bool = False
+    ) -> tuple[RestoreRequest | None, frozenset[str]]:
         req = repo.get_restore_request(s, request_id=request_id, lock=lock)
         return req, (repo.approvers_of(s, request_id=request_id) if req else frozenset())
 

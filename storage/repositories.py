@@ -325,11 +325,15 @@ def add_restore_request(session: Session, request: RestoreRequest) -> RestoreReq
     return request
 
 
-def get_restore_request(session: Session, *, request_id: int, lock: bool = False) -> RestoreRequest | None:
+def get_restore_request(
+    session: Session, *, request_id: int, lock: bool = False
+) -> RestoreRequest | None:
     """With ``lock``, the row stays locked until the unit of work ends (PostgreSQL
     ``FOR UPDATE``; on SQLite the immediate transaction already excludes writers), so
     deciders of one request take turns and each sees the approvals before it."""
-    return session.get(RestoreRequest, request_id, populate_existing=True, with_for_update=lock or None)
+    return session.get(
+        RestoreRequest, request_id, populate_existing=True, with_for_update=lock or None
+    )
 
 
 def approvers_of(session: Session, *, request_id: int) -> frozenset[str]:

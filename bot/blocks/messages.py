@@ -16,7 +16,6 @@ from slack_sdk.models.blocks import (
     ButtonElement,
     ConfirmObject,
     ContextBlock,
-    DividerBlock,
     HeaderBlock,
     InputBlock,
     MarkdownTextObject,
@@ -122,7 +121,9 @@ def snapshot_list(snapshots: Sequence, now: datetime, *, scope: str) -> dict:
     rest = len(ordered) - len(shown)
     footer = f"{len(ordered)} snapshot(s)"
     if rest:
-        footer += f"; the {rest} oldest are not shown — narrow it with `/snapshot list &lt;server&gt;`"
+        footer += (
+            f"; the {rest} oldest are not shown — narrow it with `/snapshot list &lt;server&gt;`"
+        )
     blocks.append(_context(footer))
     text = f"{len(ordered)} snapshot(s) for {scope}"
     return _payload(text, blocks)
@@ -449,7 +450,3 @@ def pending_list(requests: Sequence, watches: Sequence, now: datetime) -> dict:
     if watch_lines:
         blocks.append(_section(clip("*Watched*\n" + "\n".join(watch_lines), SECTION_LIMIT)))
     return _payload(f"{len(requests)} open request(s), {len(watches)} watched", blocks)
-
-
-def divider() -> dict:
-    return DividerBlock().to_dict()

@@ -3,7 +3,6 @@ bot/vps/errors.py; bot/user_messages.py turns both into what the user reads.
 
     SnapbotError
      ├── NotAllowed          the actor is not on the list; says who may instead
-     ├── InvalidRequest      bad input caught before anything was sent
      ├── LimitReached        5 snapshots on the server already; names the oldest
      ├── NotRestorable       the snapshot is not completed (or is gone)
      └── AlreadyOpen         a restore of that snapshot is already waiting or running
@@ -21,10 +20,6 @@ class NotAllowed(SnapbotError):
         super().__init__(f"You may not {what}. Who may: {who_may}.")
         self.what = what
         self.who_may = who_may
-
-
-class InvalidRequest(SnapbotError):
-    pass
 
 
 class LimitReached(SnapbotError):

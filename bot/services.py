@@ -925,16 +925,25 @@ class Services:
         req = repo.get_restore_request(s, request_id=request_id, lock=lock)
         return req, (repo.approvers_of(s, request_id=request_id) if req else frozenset())
 
+    def _locked_request(
+        self, s, actor: Actor, request_id: int, action: str
+    ) -> tuple[RestoreRequest | None, frozenset[str]]:
+        """The request, locked for this decider's turn; a click on a request that does
+        not exist is audited as denied."""
+        req, approvals = self._request_view(s, request_id, lock=True)
+        if req is None:
+            self.audit(
+                s, actor, action, "denied", target=f"request:{request_id}", detail="no such request"
+            )
+        return req, approvals
+
     def approve(self, actor: Actor, request_id: int) -> None:
         target = f"request:{request_id}"
         groups = self.groups.groups_of(actor.user, self.policy.approvers)
         now = self.clock()
         with session_scope(self.engine) as s:
-            req, approvals = self._request_view(s, request_id, lock=True)
+            req, approvals = self._locked_request(s, actor, request_id, "restore.approve")
             if req is None:
-                self.audit(
-                    s, actor, "restore.approve", "denied", target=target, detail="no such request"
-                )
                 decision = None
             else:
                 view = _view(req, approvals)
@@ -1027,11 +1036,8 @@ class Services:
         groups = self.groups.groups_of(actor.user, self.policy.approvers)
         now = self.clock()
         with session_scope(self.engine) as s:
-            req, approvals = self._request_view(s, request_id, lock=True)
+            req, approvals = self._locked_request(s, actor, request_id, "restore.reject")
             if req is None:
-                self.audit(
-                    s, actor, "restore.reject", "denied", target=target, detail="no such request"
-                )
                 decision = None
             else:
                 view = _view(req, approvals)

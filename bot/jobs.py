@@ -85,18 +85,19 @@ class JobRunner:
         Slack request's ``delivery_key``, a request seen before stores nothing (None)."""
         if kind not in self.handlers:
             raise KeyError(f"no handler for job kind {kind!r}")
-        with session_scope(self.engine) as s:
-            if delivery_key and not repo.record_delivery(s, key=delivery_key, now=self.clock()):
-                log.info("redelivery of a %s ignored", kind)
-                return None
-            job_id = repo.enqueue_job(
-                s,
+        with self.engine.begin() as conn:
+            job_id = repo.accept_job(
+                conn,
+                delivery_key=delivery_key or None,
                 kind=kind,
                 payload=payload,
                 owner=self.owner,
                 now=self.clock(),
                 lease=QUEUED_LEASE,
             )
+        if job_id is None:
+            log.info("redelivery of a %s ignored", kind)
+            return None
         self._dispatch(job_id)
         return job_id
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
-from sqlalchemy import Engine, String, func, or_, select, type_coerce, update
+from sqlalchemy import Connection, Engine, String, bindparam, func, or_, select, type_coerce, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
@@ -42,6 +43,24 @@ def _inserted(session: Session, stmt) -> bool:
     return session.execute(stmt).first() is not None
 
 
+def _prepared(build):
+    """A statement for the hot path (every command's job, message and audit row):
+    built once per dialect from ``bindparam``s, then run with fresh parameters on the
+    session's connection. Building, cache-keying and ORM-executing a new statement
+    each time was most of a `/snapshot list` job's CPU (bench/ack_latency.py)."""
+    built: dict[str, object] = {}
+
+    def run(session: Session | Connection, params: dict):
+        conn = session if isinstance(session, Connection) else session.connection()
+        name = conn.dialect.name
+        stmt = built.get(name)
+        if stmt is None:
+            stmt = built[name] = build(postgresql if name == "postgresql" else sqlite)
+        return conn.execute(stmt, params)
+
+    return run
+
+
 # --- audit -------------------------------------------------------------------------
 
 
@@ -57,40 +76,66 @@ def append_audit(
     target: str = "",
     detail: str = "",
     key: bytes | None = None,
-) -> AuditEvent:
+) -> AppendedAudit:
     """Append one row to the chain. The UPDATE of the head row takes the chain lock
     (a row lock on PostgreSQL, the write lock on SQLite) until the caller commits, so
     ids and hashes are assigned strictly one after another. Call it last in a unit
     of work, so that no other lock is taken while it is held."""
     if outcome not in audit_chain.OUTCOMES:
         raise ValueError(f"unknown audit outcome {outcome!r}")
-    row_id, prev = session.execute(
-        update(AuditHead)
-        .where(AuditHead.id == 1)
-        .values(count=AuditHead.count + 1)
-        .returning(AuditHead.count, AuditHead.hash)
-    ).one()
+    row_id, prev = _bump_audit_head(session, {}).one()
     payload = audit_chain.canonical(
         row_id, now, team, channel, actor, action, target, outcome, detail, prev
     )
     digest = audit_chain.row_hash(payload, key)
-    event = AuditEvent(
-        id=row_id,
-        at=now,
-        team=team,
-        channel=channel,
-        actor=actor,
-        action=action,
-        target=target,
-        outcome=outcome,
-        detail=detail,
-        prev_hash=prev,
-        hash=digest,
+    event = {
+        "id": row_id,
+        "at": now,
+        "team": team,
+        "channel": channel,
+        "actor": actor,
+        "action": action,
+        "target": target,
+        "outcome": outcome,
+        "detail": detail,
+        "prev_hash": prev,
+        "hash": digest,
+    }
+    _insert_audit_event(session, event)
+    _set_audit_head_hash(session, {"b_hash": digest})
+    return AppendedAudit(**event)
+
+
+class AppendedAudit(NamedTuple):
+    id: int
+    at: datetime
+    team: str
+    channel: str
+    actor: str
+    action: str
+    target: str
+    outcome: str
+    detail: str
+    prev_hash: str
+    hash: str
+
+
+_bump_audit_head = _prepared(
+    lambda d: (
+        update(AuditHead.__table__)
+        .where(AuditHead.__table__.c.id == 1)
+        .values(count=AuditHead.__table__.c.count + 1)
+        .returning(AuditHead.__table__.c.count, AuditHead.__table__.c.hash)
     )
-    session.add(event)
-    session.execute(update(AuditHead).where(AuditHead.id == 1).values(hash=digest))
-    session.flush()
-    return event
+)
+_insert_audit_event = _prepared(lambda d: d.insert(AuditEvent.__table__))
+_set_audit_head_hash = _prepared(
+    lambda d: (
+        update(AuditHead.__table__)
+        .where(AuditHead.__table__.c.id == 1)
+        .values(hash=bindparam("b_hash"))
+    )
+)
 
 
 def latest_audit(session: Session, *, limit: int) -> list[AuditEvent]:
@@ -232,6 +277,50 @@ def lease_holder(session: Session, *, name: str, now: datetime) -> str | None:
 # --- jobs ----------------------------------------------------------------------------
 
 
+def accept_job(
+    conn: Connection,
+    *,
+    delivery_key: str | None,
+    kind: str,
+    payload: dict,
+    owner: str,
+    now: datetime,
+    lease: timedelta,
+) -> int | None:
+    """The ack's one write: the request's delivery key and its job, in the caller's
+    transaction; None (and nothing stored) for a body seen before. Prepared Core
+    statements on a bare connection, not the ORM: this runs before every ack, under
+    the write lock, so its CPU is the ack's."""
+    if delivery_key is not None and (
+        _first_delivery(conn, {"key": delivery_key, "received_at": now}).first() is None
+    ):
+        return None
+    return _new_job(
+        conn,
+        {
+            "kind": kind,
+            "payload": json.dumps(payload, separators=(",", ":")),
+            "progress": "{}",
+            "state": "queued",
+            "owner": owner,
+            "lease_until": now + lease,
+            "attempts": 0,
+            "created_at": now,
+            "error": "",
+        },
+    ).scalar_one()
+
+
+_first_delivery = _prepared(
+    lambda d: (
+        d.insert(SlackDelivery.__table__)
+        .on_conflict_do_nothing()
+        .returning(SlackDelivery.__table__.c.key)
+    )
+)
+_new_job = _prepared(lambda d: d.insert(Job.__table__).returning(Job.__table__.c.id))
+
+
 def enqueue_job(
     session: Session, *, kind: str, payload: dict, owner: str, now: datetime, lease: timedelta
 ) -> int:
@@ -250,23 +339,47 @@ def enqueue_job(
 
 def claim_job(
     session: Session, *, job_id: int, owner: str, now: datetime, lease: timedelta
-) -> Job | None:
+) -> ClaimedJob | None:
     """Start a job: a queued one (ours, or one whose lease lapsed), or a running one
     whose worker died. The handler sees ``attempts`` and its saved ``progress``."""
-    result = session.execute(
-        update(Job)
+    row = _claim_job(
+        session, {"b_id": job_id, "b_owner": owner, "b_now": now, "b_until": now + lease}
+    ).first()
+    return ClaimedJob(*row) if row is not None else None
+
+
+class ClaimedJob(NamedTuple):
+    id: int
+    kind: str
+    payload: str
+    progress: str
+    attempts: int
+    owner: str
+
+
+def _claim_job_statement(d):
+    job = Job.__table__.c
+    return (
+        update(Job.__table__)
         .where(
-            Job.id == job_id,
+            job.id == bindparam("b_id"),
             or_(
-                (Job.state == "queued") & ((Job.owner == owner) | (Job.lease_until < now)),
-                (Job.state == "running") & (Job.lease_until < now),
+                (job.state == "queued")
+                & ((job.owner == bindparam("b_owner")) | (job.lease_until < bindparam("b_now"))),
+                (job.state == "running") & (job.lease_until < bindparam("b_now")),
             ),
         )
-        .values(state="running", owner=owner, lease_until=now + lease, attempts=Job.attempts + 1)
+        .values(
+            state="running",
+            owner=bindparam("b_owner"),
+            lease_until=bindparam("b_until"),
+            attempts=job.attempts + 1,
+        )
+        .returning(job.id, job.kind, job.payload, job.progress, job.attempts, job.owner)
     )
-    if result.rowcount != 1:
-        return None
-    return session.get(Job, job_id, populate_existing=True)
+
+
+_claim_job = _prepared(_claim_job_statement)
 
 
 def orphaned_jobs(session: Session, *, now: datetime, limit: int = 50) -> list[int]:
@@ -296,11 +409,26 @@ def save_job_progress(session: Session, *, job_id: int, progress: dict) -> None:
 
 
 def finish_job(session: Session, *, job_id: int, now: datetime, error: str = "") -> None:
-    session.execute(
-        update(Job)
-        .where(Job.id == job_id)
-        .values(state="failed" if error else "done", finished_at=now, error=error[:500])
+    _finish_job(
+        session,
+        {
+            "b_id": job_id,
+            "b_state": "failed" if error else "done",
+            "b_now": now,
+            "b_error": error[:500],
+        },
     )
+
+
+_finish_job = _prepared(
+    lambda d: (
+        update(Job.__table__)
+        .where(Job.__table__.c.id == bindparam("b_id"))
+        .values(
+            state=bindparam("b_state"), finished_at=bindparam("b_now"), error=bindparam("b_error")
+        )
+    )
+)
 
 
 def purge_finished_jobs(session: Session, *, before: datetime) -> int:
@@ -476,26 +604,48 @@ def enqueue_message(
         "error": "",
         "created_at": now,
     }
-    stmt = _insert(session, Outbox).values(**values).on_conflict_do_nothing().returning(Outbox.id)
-    return session.execute(stmt).scalar_one_or_none()
+    return _enqueue_message(session, values).scalar_one_or_none()
+
+
+_enqueue_message = _prepared(
+    lambda d: d.insert(Outbox.__table__).on_conflict_do_nothing().returning(Outbox.__table__.c.id)
+)
 
 
 def claim_message(
     session: Session, *, message_id: int, owner: str, now: datetime, lease: timedelta
-) -> Outbox | None:
-    result = session.execute(
-        update(Outbox)
+) -> ClaimedMessage | None:
+    row = _claim_message(
+        session, {"b_id": message_id, "b_owner": owner, "b_now": now, "b_until": now + lease}
+    ).first()
+    return ClaimedMessage(*row) if row is not None else None
+
+
+class ClaimedMessage(NamedTuple):
+    id: int
+    method: str
+    payload: str
+    attempts: int
+
+
+def _claim_message_statement(d):
+    msg = Outbox.__table__.c
+    return (
+        update(Outbox.__table__)
         .where(
-            Outbox.id == message_id,
-            Outbox.state == "pending",
-            Outbox.next_attempt_at <= now,
-            or_(Outbox.lease_until.is_(None), Outbox.lease_until < now),
+            msg.id == bindparam("b_id"),
+            msg.state == "pending",
+            msg.next_attempt_at <= bindparam("b_now"),
+            or_(msg.lease_until.is_(None), msg.lease_until < bindparam("b_now")),
         )
-        .values(owner=owner, lease_until=now + lease, attempts=Outbox.attempts + 1)
+        .values(
+            owner=bindparam("b_owner"), lease_until=bindparam("b_until"), attempts=msg.attempts + 1
+        )
+        .returning(msg.id, msg.method, msg.payload, msg.attempts)
     )
-    if result.rowcount != 1:
-        return None
-    return session.get(Outbox, message_id, populate_existing=True)
+
+
+_claim_message = _prepared(_claim_message_statement)
 
 
 def due_messages(session: Session, *, now: datetime, limit: int = 100) -> list[int]:
@@ -514,11 +664,18 @@ def due_messages(session: Session, *, now: datetime, limit: int = 100) -> list[i
 
 
 def mark_message_sent(session: Session, *, message_id: int, now: datetime, ts: str | None) -> None:
-    session.execute(
-        update(Outbox)
-        .where(Outbox.id == message_id)
-        .values(state="sent", sent_at=now, result_ts=ts, lease_until=None)
+    _mark_message_sent(session, {"b_id": message_id, "b_now": now, "b_ts": ts})
+
+
+_mark_message_sent = _prepared(
+    lambda d: (
+        update(Outbox.__table__)
+        .where(Outbox.__table__.c.id == bindparam("b_id"))
+        .values(
+            state="sent", sent_at=bindparam("b_now"), result_ts=bindparam("b_ts"), lease_until=None
+        )
     )
+)
 
 
 def mark_message_retry(

@@ -1,4 +1,4 @@
-"""snapbot's command line: serve | demo | shell | audit verify|export | vps-sim.
+"""snapbot's command line: serve | worker | demo | shell | audit verify|export | vps-sim.
 
 Parsing only; each command calls into the package."""
 
@@ -63,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
     export.add_argument("--since", metavar="ISO", help="only rows at or after this UTC time")
     export.add_argument("--actor", metavar="U…", help="only rows of this Slack user")
+    worker = sub.add_parser(
+        "worker",
+        help="run a job worker alone (the web process starts its own)",
+        description="Run the jobs that HTTP workers queue, and the background duties. "
+        "`snapbot serve` and the Procfile's web process start one by themselves; run more "
+        "for extra capacity (they share the database's queue).",
+    )
+    worker.add_argument("--parent", type=int, help=argparse.SUPPRESS)
     sub.add_parser(
         "vps-sim",
         help="serve the provider simulator (vps-api.md) on 127.0.0.1:$PORT",
@@ -92,7 +100,18 @@ def main(argv: list[str] | None = None) -> int:
         return run_shell(user=args.user)
     if command == "audit":
         return audit(args)
+    if command == "worker":
+        return work(parent_pid=args.parent)
     return 2
+
+
+def work(*, parent_pid: int | None) -> int:
+    settings = load_or_exit()
+    from bot.logs import configure_logging
+    from bot.worker import run_worker
+
+    configure_logging(settings.log_level, secrets=settings.secrets())
+    return run_worker(settings, parent_pid=parent_pid)
 
 
 def serve() -> int:

@@ -6,7 +6,9 @@ bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '3000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # Threads, so a slow client never blocks acks; the app itself never waits on the provider.
 worker_class = "gthread"
-threads = int(os.environ.get("WEB_THREADS", "16"))
+# Acks only store a row (the job worker does the work), so a few threads keep the
+# cores busy; more only contend for the GIL and stretch the slowest acks.
+threads = int(os.environ.get("WEB_THREADS", "4"))
 timeout = 30
 graceful_timeout = 25
 keepalive = 5
@@ -14,6 +16,23 @@ accesslog = None
 # Several servers may share a machine (replicas, tests): no shared control socket.
 control_socket_disable = True
 preload_app = False  # each worker builds its own runtime and duties thread
+
+
+_job_worker = None
+
+
+def when_ready(server):
+    # The jobs the HTTP workers queue run in one job worker process beside them
+    # (bot/worker.py), restarted if it dies: the `web` process stays a complete install.
+    global _job_worker
+    from bot.worker import JobWorkerSupervisor
+
+    _job_worker = JobWorkerSupervisor().start()
+
+
+def on_exit(server):
+    if _job_worker is not None:
+        _job_worker.stop(timeout=graceful_timeout)
 
 
 def worker_exit(server, worker):

@@ -1,16 +1,23 @@
 """The durable work queue between ``ack()`` and the provider.
 
 A listener turns each Slack request into a ``job`` row and acknowledges it; a worker
-thread of this process then claims the row and runs its handler. The provider can
-take as long as it likes: acks never wait for it, and the listener pool never fills
-with provider calls. A job whose process died (queued or half-run) is claimed again
-by the lease holder once its lease lapses; handlers see ``attempts`` and their saved
-``progress`` and must not repeat a provider write they may already have made.
+thread then claims the row and runs its handler. The provider can take as long as it
+likes: acks never wait for it, and the listener pool never fills with provider calls.
+A job whose process died (queued or half-run) is claimed again by the lease holder
+once its lease lapses; handlers see ``attempts`` and their saved ``progress`` and
+must not repeat a provider write they may already have made.
+
+Where the worker threads are: in a single process (Socket Mode, the demo, the shell,
+the tests) the runner that accepts a job runs it. Under gunicorn the HTTP workers
+only accept (``runs_jobs=False``): they queue jobs unowned and a separate job worker
+process (bot/worker.py, started beside them) feeds on them, so a burst of work never
+competes with the acks for a worker's GIL. The one exception is a job that must reach
+Slack within the trigger_id's 3 s (``urgent``: opening a modal); the HTTP worker runs
+it at once on a small pool of its own.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -31,6 +38,8 @@ log = logging.getLogger(__name__)
 QUEUED_LEASE = timedelta(seconds=20)  # another process may take it after this
 RUNNING_LEASE = timedelta(minutes=3)  # far above any provider call's time budget
 DEFAULT_WORKERS = 16
+URGENT_WORKERS = 4  # an HTTP worker's own pool, for the jobs that open modals
+FEED_IDLE_S = 0.1  # how often a job worker looks for new jobs when it found none
 # A connection can die under a statement (a database restart): claiming and finishing
 # a job are single conditional updates, tried again on a fresh connection.
 DB_TRIES = 3
@@ -44,6 +53,7 @@ class JobContext:
     payload: dict
     attempts: int
     progress: dict = field(default_factory=dict)
+    accepted_at: datetime | None = None  # when the request was acknowledged
     _save: Callable[[int, dict], None] | None = None
 
     def save(self, **changes) -> None:
@@ -65,6 +75,7 @@ class JobRunner:
         clock: Callable[[], datetime],
         handlers: dict[str, Handler] | None = None,
         workers: int = DEFAULT_WORKERS,
+        runs_jobs: bool = True,
         on_crash: Callable[[JobContext, BaseException], None] | None = None,
     ) -> None:
         self.engine = engine
@@ -72,40 +83,91 @@ class JobRunner:
         self.clock = clock
         self.handlers: dict[str, Handler] = dict(handlers or {})
         self.on_crash = on_crash
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="snapbot-job")
+        self.runs_jobs = runs_jobs
+        self.workers = workers if runs_jobs else URGENT_WORKERS
+        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="snapbot-job")
         self._closed = threading.Event()
         self._running = 0
         self._lock = threading.Lock()
+        self._dispatched: set[int] = set()  # handed to the pool, not finished yet
+        self._feeder: threading.Thread | None = None
 
     def register(self, kind: str, handler: Handler) -> None:
         self.handlers[kind] = handler
 
-    def submit(self, kind: str, payload: dict, *, delivery_key: str | None = None) -> int | None:
-        """Store the job (durable from here on), then hand it to a worker. With the
-        Slack request's ``delivery_key``, a request seen before stores nothing (None)."""
+    def submit(
+        self,
+        kind: str,
+        payload: dict,
+        *,
+        delivery_key: str | None = None,
+        urgent: bool = False,
+    ) -> int | None:
+        """Store the job (durable from here on), then hand it to a worker: one of
+        ours, or (``runs_jobs=False``, not ``urgent``) whichever job worker claims it
+        first. With the Slack request's ``delivery_key``, a request seen before
+        stores nothing (None)."""
         if kind not in self.handlers:
             raise KeyError(f"no handler for job kind {kind!r}")
+        local = self.runs_jobs or urgent
         with self.engine.begin() as conn:
             job_id = repo.accept_job(
                 conn,
                 delivery_key=delivery_key or None,
                 kind=kind,
                 payload=payload,
-                owner=self.owner,
+                owner=self.owner if local else "",
                 now=self.clock(),
                 lease=QUEUED_LEASE,
             )
         if job_id is None:
             log.info("redelivery of a %s ignored", kind)
             return None
-        self._dispatch(job_id)
+        if local:
+            self._dispatch(job_id)
         return job_id
 
-    def _dispatch(self, job_id: int) -> None:
+    def _dispatch(self, job_id: int) -> bool:
         if self._closed.is_set():
-            return  # left queued: another process (or this one, restarted) takes it
-        with contextlib.suppress(RuntimeError):  # the pool shut down meanwhile
+            return False  # left queued: another process (or this one, restarted) takes it
+        with self._lock:
+            if job_id in self._dispatched:
+                return False
+            self._dispatched.add(job_id)
+        try:
             self._pool.submit(self.run, job_id)
+        except RuntimeError:  # the pool shut down meanwhile
+            with self._lock:
+                self._dispatched.discard(job_id)
+            return False
+        return True
+
+    # --- a job worker process: feeding on the jobs the HTTP workers queued
+
+    def start_feeding(self, idle: float = FEED_IDLE_S) -> None:
+        self._feeder = threading.Thread(
+            target=self._feed_loop, args=(idle,), name="snapbot-job-feeder", daemon=True
+        )
+        self._feeder.start()
+
+    def feed(self) -> int:
+        """Hand unowned queued jobs to this runner's free threads; how many it took."""
+        with self._lock:
+            free = self.workers - len(self._dispatched)
+        if free <= 0:
+            return 0
+        with session_scope(self.engine, readonly=True) as s:
+            ids = repo.unowned_jobs(s, limit=free)
+        return sum(self._dispatch(job_id) for job_id in ids)
+
+    def _feed_loop(self, idle: float) -> None:
+        while not self._closed.is_set():
+            try:
+                taken = self.feed()
+            except Exception:
+                log.exception("could not look for queued jobs; trying again")
+                taken = 0
+            self._closed.wait(0.01 if taken else idle)
 
     def resume_orphans(self) -> int:
         with session_scope(self.engine, readonly=True) as s:
@@ -115,6 +177,13 @@ class JobRunner:
         return len(ids)
 
     def run(self, job_id: int) -> None:
+        try:
+            self._run(job_id)
+        finally:
+            with self._lock:
+                self._dispatched.discard(job_id)
+
+    def _run(self, job_id: int) -> None:
         try:
             ctx = self._retrying(lambda: self._claim(job_id))
         except DBAPIError:
@@ -157,6 +226,7 @@ class JobRunner:
                 payload=json.loads(job.payload),
                 attempts=job.attempts,
                 progress=json.loads(job.progress or "{}"),
+                accepted_at=job.created_at,
                 _save=self._save_progress,
             )
 
@@ -187,6 +257,8 @@ class JobRunner:
 
     def shutdown(self, *, wait: bool = True) -> None:
         self._closed.set()
+        if self._feeder is not None:
+            self._feeder.join(5)
         self._pool.shutdown(wait=wait, cancel_futures=True)
         # SIGTERM: what was accepted but never started stays queued in the database;
         # hand it back so the next process runs it at once.

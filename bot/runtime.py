@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 
 from bot.app import build_app
 from bot.config import Settings
+from bot.jobs import DEFAULT_WORKERS
 from bot.services import Services, make_slack_client
 from bot.vps.client import VpsClient
 from bot.watcher import Duties
@@ -47,7 +48,14 @@ def build_runtime(
     start_duties: bool = True,
     vps: VpsClient | None = None,
     poll_interval: float | None = None,
+    runs_jobs: bool = True,
+    feed_jobs: bool = False,
+    job_workers: int = DEFAULT_WORKERS,
+    owner: str | None = None,
 ) -> Runtime:
+    """One process's snapbot. The defaults make a complete install in one process;
+    gunicorn's HTTP workers pass ``runs_jobs=False, start_duties=False`` (they only
+    acknowledge), and the job worker beside them ``feed_jobs=True`` (bot/worker.py)."""
     engine = make_engine(settings.database_url)
     migrate(engine)
     vps = vps or VpsClient(
@@ -57,12 +65,20 @@ def build_runtime(
         retries=PROVIDER_RETRIES,
     )
     services = Services(
-        settings=settings, engine=engine, vps=vps, slack=make_slack_client(settings)
+        settings=settings,
+        engine=engine,
+        vps=vps,
+        slack=make_slack_client(settings),
+        workers=job_workers,
+        runs_jobs=runs_jobs,
+        **({"owner": owner} if owner else {}),
     )
     app = build_app(services)
     duties = Duties(services, interval=poll_interval)
     if start_duties:
         duties.start()
+    if feed_jobs:
+        services.jobs.start_feeding()
     log.info(
         "snapbot ready (owner %s, database %s)", services.owner, settings.redacted_database_url
     )

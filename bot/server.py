@@ -22,6 +22,8 @@ class _Server(BaseApplication):
             "graceful_timeout",
             "keepalive",
             "worker_exit",
+            "when_ready",
+            "on_exit",
         ):
             self.cfg.set(name, getattr(gunicorn_conf, name))
         if "control_socket_disable" in self.cfg.settings:

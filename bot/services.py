@@ -56,8 +56,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def make_owner_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+def make_owner_id(group: str | None = None) -> str:
+    """Who holds a lease or claims a job: host, pid, and a nonce; a job worker started
+    by a `web` process adds ``/web-<master pid>`` so that process can tell it is its own."""
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    return f"{owner}/{group}" if group else owner
 
 
 def make_slack_client(settings: Settings) -> WebClient:
@@ -146,6 +149,7 @@ class Services:
     clock: Callable[[], datetime] = utcnow
     owner: str = field(default_factory=make_owner_id)
     workers: int = 16
+    runs_jobs: bool = True  # False in gunicorn's HTTP workers: bot/jobs.py, bot/worker.py
 
     def __post_init__(self) -> None:
         self.audit_key = self.settings.audit_key.encode() if self.settings.audit_key else None
@@ -156,6 +160,7 @@ class Services:
             owner=self.owner,
             clock=self.clock,
             workers=self.workers,
+            runs_jobs=self.runs_jobs,
             on_crash=self._job_crashed,
         )
         self.jobs.register("command", self.run_command)
@@ -306,11 +311,20 @@ class Services:
 
     # ------------------------------------------------------------------ listeners' entry points
 
-    def accept(self, kind: str, payload: dict, *, delivery_key: str | None = None) -> int | None:
+    def accept(
+        self,
+        kind: str,
+        payload: dict,
+        *,
+        delivery_key: str | None = None,
+        urgent: bool = False,
+    ) -> int | None:
         """Called by a listener before ack(): the request is durable from here on.
         Listeners pass the request's ``delivery_key`` (bot/app.py): a redelivery or
-        replay is then stored and done only once (None the other times)."""
-        return self.jobs.submit(kind, payload, delivery_key=delivery_key)
+        replay is then stored and done only once (None the other times). ``urgent``:
+        the job must reach Slack within the trigger_id's 3 s (it opens a modal), so
+        the process that acknowledged it runs it at once."""
+        return self.jobs.submit(kind, payload, delivery_key=delivery_key, urgent=urgent)
 
     # ------------------------------------------------------------------ /snapshot
 
@@ -320,7 +334,7 @@ class Services:
         if isinstance(command, cmd.UsageError | cmd.Help):
             self.show_usage(actor, command)
         elif isinstance(command, cmd.ListSnapshots):
-            self.list_snapshots(actor, command.server)
+            self.list_snapshots(actor, command.server, fresh_since=ctx.accepted_at)
         elif isinstance(command, cmd.CreateSnapshot):
             self.create_snapshot(actor, command.server, command.name, command.description, ctx)
         elif isinstance(command, cmd.OpenCreateModal):
@@ -346,14 +360,19 @@ class Services:
         else:
             self.record(actor, "command.help", "ok", answer=msg.usage_message(cmd.USAGE))
 
-    def list_snapshots(self, actor: Actor, server: cmd.ServerRef | None) -> None:
+    def list_snapshots(
+        self, actor: Actor, server: cmd.ServerRef | None, *, fresh_since: datetime | None = None
+    ) -> None:
+        """``fresh_since``: when the command was acknowledged. Its list comes from a
+        provider call begun no earlier, possibly one shared with other commands
+        (bot/vps/coalesce.py): a burst of lists costs the provider a few calls."""
         target = _ref_text(server)
         try:
             if server is None:
-                snaps, scope = self.vps.list_snapshots(), "all servers"
+                snaps, scope = self.vps.list_snapshots(not_before=fresh_since), "all servers"
             else:
                 srv = self._resolve(server)
-                snaps = self.vps.list_snapshots(server_id=srv.id)
+                snaps = self.vps.list_snapshots(server_id=srv.id, not_before=fresh_since)
                 scope = f"{srv.name} ({srv.id})" if srv.name else f"server {srv.id}"
         except VpsError as exc:
             self._provider_failed(actor, "snapshot.list", exc, target=target)

@@ -11,6 +11,7 @@ import hmac
 import io
 import json
 import logging
+import os
 import time
 from urllib.parse import parse_qsl
 
@@ -22,7 +23,9 @@ from bot import request_guard
 from bot.config import load_or_exit
 from bot.logs import configure_logging
 from bot.runtime import Runtime, build_runtime
-from storage.db import check_database, urgent_writes
+from bot.watcher import LEASE_NAME
+from storage import repositories as repo
+from storage.db import check_database, session_scope, urgent_writes
 
 log = logging.getLogger(__name__)
 
@@ -96,15 +99,21 @@ class WebApp:
             return _json(
                 start_response, "503 Service Unavailable", {"ok": False, "database": "unavailable"}
             )
-        duties = self.runtime.duties
+        try:
+            with session_scope(self.runtime.engine, readonly=True) as s:
+                holder = repo.lease_holder(s, name=LEASE_NAME, now=self.runtime.services.clock())
+                queued = repo.count_jobs(s, states=("queued",))
+        except Exception:
+            holder, queued = None, None
         return _json(
             start_response,
             "200 OK",
             {
                 "ok": True,
                 "database": "ok",
-                "duties_holder": duties.is_holder,
-                "jobs_running": duties.s.jobs.running,
+                # Whether this web process (its job worker) does the background duties.
+                "duties_holder": bool(holder) and holder.endswith(f"/web-{os.getppid()}"),
+                "jobs_queued": queued,
             },
         )
 
@@ -142,7 +151,9 @@ def create_app() -> WebApp:
     global _current
     settings = load_or_exit()
     configure_logging(settings.log_level, secrets=settings.secrets())
-    _current = WebApp(build_runtime(settings))
+    # An HTTP worker only acknowledges: the job worker beside it (bot/worker.py, started
+    # by gunicorn's master) runs the jobs and the background duties.
+    _current = WebApp(build_runtime(settings, runs_jobs=False, start_duties=False))
     return _current
 
 

@@ -155,7 +155,12 @@ class _WriterQueue:
         self._base = database if database and database != ":memory:" else None
         self._files: tuple[int, int] | None = None
         self._pid = os.getpid()
-        self._cond = threading.Condition(threading.Lock())
+        lock = threading.Lock()
+        # One waiter is woken per turn (urgent ones first), not all of them: with dozens
+        # of job threads waiting, waking every one on every commit cost more CPU than
+        # the writes themselves.
+        self._urgent = threading.Condition(lock)
+        self._normal = threading.Condition(lock)
         self._held = False
         self._urgent_waiting = 0
 
@@ -189,7 +194,8 @@ class _WriterQueue:
 
     def _take(self, urgent: bool) -> bool:
         deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
-        with self._cond:
+        cond = self._urgent if urgent else self._normal
+        with cond:
             if urgent:
                 self._urgent_waiting += 1
             try:
@@ -200,7 +206,7 @@ class _WriterQueue:
                             "no SQLite write turn after %s s; going ahead", SQLITE_BUSY_TIMEOUT_S
                         )
                         return False
-                    self._cond.wait(remaining)
+                    cond.wait(remaining)
                 self._held = True
                 return True
             finally:
@@ -208,9 +214,12 @@ class _WriterQueue:
                     self._urgent_waiting -= 1
 
     def _give(self) -> None:
-        with self._cond:
+        with self._normal:
             self._held = False
-            self._cond.notify_all()
+            if self._urgent_waiting:
+                self._urgent.notify()
+            else:
+                self._normal.notify()
 
     def _open(self) -> tuple[int, int] | None:
         if self._base is None:

@@ -340,8 +340,10 @@ def enqueue_job(
 def claim_job(
     session: Session, *, job_id: int, owner: str, now: datetime, lease: timedelta
 ) -> ClaimedJob | None:
-    """Start a job: a queued one (ours, or one whose lease lapsed), or a running one
-    whose worker died. The handler sees ``attempts`` and its saved ``progress``."""
+    """Start a job: a queued one (ours, unowned, or one whose lease lapsed), or a
+    running one whose worker died. The handler sees ``attempts`` and its saved
+    ``progress``. The web process queues its jobs unowned (owner ''): the first job
+    worker to claim one runs it."""
     row = _claim_job(
         session, {"b_id": job_id, "b_owner": owner, "b_now": now, "b_until": now + lease}
     ).first()
@@ -355,6 +357,7 @@ class ClaimedJob(NamedTuple):
     progress: str
     attempts: int
     owner: str
+    created_at: datetime
 
 
 def _claim_job_statement(d):
@@ -365,7 +368,11 @@ def _claim_job_statement(d):
             job.id == bindparam("b_id"),
             or_(
                 (job.state == "queued")
-                & ((job.owner == bindparam("b_owner")) | (job.lease_until < bindparam("b_now"))),
+                & (
+                    (job.owner == bindparam("b_owner"))
+                    | (job.owner == "")
+                    | (job.lease_until < bindparam("b_now"))
+                ),
                 (job.state == "running") & (job.lease_until < bindparam("b_now")),
             ),
         )
@@ -375,7 +382,9 @@ def _claim_job_statement(d):
             lease_until=bindparam("b_until"),
             attempts=job.attempts + 1,
         )
-        .returning(job.id, job.kind, job.payload, job.progress, job.attempts, job.owner)
+        .returning(
+            job.id, job.kind, job.payload, job.progress, job.attempts, job.owner, job.created_at
+        )
     )
 
 
@@ -387,6 +396,18 @@ def orphaned_jobs(session: Session, *, now: datetime, limit: int = 50) -> list[i
         session.execute(
             select(Job.id)
             .where(Job.state.in_(("queued", "running")), Job.lease_until < now)
+            .order_by(Job.id)
+            .limit(limit)
+        ).scalars()
+    )
+
+
+def unowned_jobs(session: Session, *, limit: int) -> list[int]:
+    """Queued jobs no process has taken yet, oldest first (what a job worker polls)."""
+    return list(
+        session.execute(
+            select(Job.id)
+            .where(Job.state == "queued", Job.owner == "")
             .order_by(Job.id)
             .limit(limit)
         ).scalars()

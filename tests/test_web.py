@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -26,6 +29,7 @@ from bot.runtime import build_runtime
 from bot.vps.simulator import start_simulator
 from bot.web import MAX_BODY_BYTES, WebApp
 from storage.db import make_engine, session_scope
+from tests.conftest import wait_until
 from tests.procs import free_port, snapbot_env, start_web
 
 SECRET = "web-test-signing-secret"
@@ -280,3 +284,89 @@ def test_a_sqlite_write_turn_comes_back_after_commit_rollback_error_and_invalida
     with session_scope(engine, readonly=True) as s:
         assert s.execute(text("SELECT count(*) FROM t")).scalar_one() == 81
     engine.dispose()
+
+
+# -- the job worker beside the HTTP workers -----------------------------------------------------
+
+
+def child_pids(pid: int) -> dict[int, str]:
+    """The direct children of ``pid`` and their command lines, from /proc."""
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            found[int(child)] = cmdline.decode(errors="replace")
+    return found
+
+
+def job_worker_pid(proc) -> int | None:
+    workers = [p for p, cmd in child_pids(proc.popen.pid).items() if " bot worker " in f"{cmd} "]
+    return workers[0] if len(workers) == 1 else None
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads children from /proc")
+def test_the_web_process_runs_jobs_in_a_job_worker_it_restarts_and_stops(tmp_path):
+    """The HTTP workers only acknowledge: the job is run by the job worker the gunicorn
+    master started (its owner names the master), a killed job worker is started again
+    and the queue carries on, and SIGTERM stops it with the rest (no orphan)."""
+    sim = start_simulator(token=VPS_TOKEN)
+    fake = FakeSlack().start()
+    database_url = f"sqlite:///{tmp_path / 'split.db'}"
+    proc = start_web(
+        {
+            "SLACK_BOT_TOKEN": "xoxb-web-test",
+            "SLACK_SIGNING_SECRET": SECRET,
+            "SLACK_API_URL": fake.api_url,
+            "VPS_API_URL": sim.url,
+            "VPS_API_TOKEN": VPS_TOKEN,
+            "DATABASE_URL": database_url,
+            "LOG_LEVEL": "WARNING",
+        },
+        tmp_path,
+        workers=2,
+    )
+    slack = SlackClientSim(proc.url + "/slack/events", SECRET)
+    engine = make_engine(database_url)
+    second = None
+
+    def ask(user: str) -> None:
+        body = slash_command_body(
+            "list", user_id=user, response_url=fake.response_url(user, channel="C1", user=user)
+        )
+        assert slack.post(body).status_code == 200
+        fake.wait_for(
+            lambda: [e for e in fake.ephemerals(user=user) if "snapshot(s)" in (e.text or "")],
+            timeout=20,
+            what=f"the answer to {user}",
+        )
+
+    try:
+        first = wait_until(lambda: job_worker_pid(proc), timeout=15, what="the job worker")
+        ask("USPLIT1")
+        with engine.connect() as conn:
+            owners = conn.execute(text("SELECT owner FROM job")).scalars().all()
+        assert owners and all(o.endswith(f"/web-{proc.popen.pid}") for o in owners), owners
+        assert f":{first}:" in owners[0]  # ...and it is that process, not an HTTP worker
+
+        os.kill(first, signal.SIGKILL)
+        second = wait_until(
+            lambda: (pid := job_worker_pid(proc)) not in (None, first) and pid,
+            timeout=15,
+            what="a new job worker",
+        )
+        ask("USPLIT2")
+        with engine.connect() as conn:
+            owner = conn.execute(text("SELECT owner FROM job ORDER BY id DESC")).scalars().first()
+        assert f":{second}:" in owner
+    finally:
+        slack.close()
+        engine.dispose()
+        code = proc.terminate()
+        sim.stop()
+        fake.stop()
+    assert code == 0, proc.log()[-3000:]
+    assert second is not None and not Path(f"/proc/{second}").exists()  # no orphan
+    assert "Traceback" not in proc.log(), proc.log()[-3000:]

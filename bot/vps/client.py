@@ -32,6 +32,7 @@ import certifi
 import httpx
 from pydantic import ValidationError
 
+from bot.vps.coalesce import Coalescer
 from bot.vps.errors import (
     NotFoundKind,
     VpsAuthError,
@@ -102,6 +103,7 @@ class VpsClient:
         self._deadline = deadline
         self._sleep = sleep
         self._on_call = on_call
+        self._reads = Coalescer()
         self._http = httpx.Client(
             base_url=self.base_url,
             headers={
@@ -134,10 +136,19 @@ class VpsClient:
 
     # ---- the API -------------------------------------------------------------------
 
-    def list_snapshots(self, server_id: int | None = None) -> list[Snapshot]:
-        """Every snapshot the provider lists (for one server when given), newest first."""
+    def list_snapshots(
+        self, server_id: int | None = None, *, not_before: datetime | None = None
+    ) -> list[Snapshot]:
+        """Every snapshot the provider lists (for one server when given), newest first.
+        Callers share calls (bot/vps/coalesce.py): the answer comes from a call begun
+        at or after ``not_before`` (default: now), each caller with its own list."""
         params = {"server_id": server_id} if server_id is not None else None
-        return self._send("GET", "snapshots/", params=params, parse=_parse_snapshot_list)
+        snapshots = self._reads.run(
+            ("snapshots/", server_id),
+            lambda: self._send("GET", "snapshots/", params=params, parse=_parse_snapshot_list),
+            not_before=not_before.timestamp() if not_before is not None else None,
+        )
+        return list(snapshots)
 
     def find_snapshot(self, snapshot_id: int, server_id: int | None = None) -> Snapshot | None:
         """One snapshot, re-read through the list (there is no single-snapshot endpoint)."""

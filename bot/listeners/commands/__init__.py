@@ -43,7 +43,12 @@ def register(app: App, services) -> None:
             )
             ack(**msg.usage_message(cmd.USAGE, problem))
             return
-        services.accept("command", payload, delivery_key=context.get("delivery_key"))
+        services.accept(
+            "command",
+            payload,
+            delivery_key=context.get("delivery_key"),
+            urgent=isinstance(parsed, cmd.OpenCreateModal),
+        )
         working = WORKING.get(type(parsed))
         if working:
             ack(text=f":hourglass_flowing_sand: {working}")

@@ -10,10 +10,15 @@ that long), C client threads send N distinct `/snapshot list` commands, signed
 exactly as Slack signs them, each client on its own keep-alive connection, and time
 each request from send to the HTTP 200: the ack Slack waits for (at most 3 s).
 
+The clients are spread over several processes and use http.client, the cheapest
+client at hand: on 2 shared cores the load generator's own CPU (and GIL) otherwise
+shows up as ack time. Everything runs on the same 2 cores: the clients, the web
+process (its HTTP workers and its job worker), the simulator and the sink.
+
 Printed per phase: the provider latency beside ack p50 / p90 / p99 / max, errors,
-requests per second, the web process's CPU per command (acks and the work after
-them), and how long users waited for their actual answers (the response_url posts),
-which does depend on the provider. The machine's load average is printed too: on a
+requests per second, the web process's CPU per command (acks, and the work after
+them in its job worker), and how long users waited for their actual answers (the
+response_url posts), which does depend on the provider. The machine's load average is printed too: on a
 shared 2-core machine, other processes' CPU shows up in these figures.
 
 Target: ack p99 <= 100 ms on a 2-core machine, whatever the provider latency.

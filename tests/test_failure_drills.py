@@ -212,8 +212,10 @@ def test_a_provider_failing_for_longer_is_reported_as_spec_says_and_nothing_chan
     for user in commands:
         told(stack, user, UNREACHABLE)
     wait_settled(stack)
-    # Every read was tried three times (two retries), nothing was written, nothing opened.
-    assert stack.sim.state.calls[LIST] == 3 * len(commands)
+    # Every read was tried three times (two retries), though commands in flight together
+    # share reads (bot/vps/coalesce.py); nothing was written, nothing opened.
+    calls = stack.sim.state.calls[LIST]
+    assert calls % 3 == 0 and 3 <= calls <= 3 * len(commands), calls
     assert writes(stack) == Counter()
     assert requests_of(stack.runtime.engine) == []
     assert "drill-down" not in snapshot_names(stack)

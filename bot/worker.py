@@ -74,7 +74,12 @@ class JobWorkerSupervisor:
 
     def _spawn(self) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "bot", "worker", "--parent", str(os.getpid())]
-        return subprocess.Popen(cmd, env=os.environ.copy())
+        # close_fds=False lets subprocess use posix_spawn. Its default path forks and
+        # waits for the child's exec on a pipe; gunicorn forking an HTTP worker at
+        # that moment hands the pipe to the worker, and the wait (with this thread)
+        # then lasted as long as that worker. Our descriptors are not inheritable
+        # anyway (PEP 446), so nothing leaks into the job worker.
+        return subprocess.Popen(cmd, env=os.environ.copy(), close_fds=False)
 
     def _loop(self) -> None:
         failures = 0

@@ -373,7 +373,13 @@ def _claim_job_statement(d):
                     | (job.owner == "")
                     | (job.lease_until < bindparam("b_now"))
                 ),
-                (job.state == "running") & (job.lease_until < bindparam("b_now")),
+                (job.state == "running")
+                & (
+                    (job.lease_until < bindparam("b_now"))
+                    # Ours already: a retried claim whose first commit was lost with its
+                    # connection (one thread per job per process: JobRunner._dispatched).
+                    | (job.owner == bindparam("b_owner"))
+                ),
             ),
         )
         .values(

@@ -104,11 +104,16 @@ def test_job_is_claimed_by_one_worker_and_orphans_are_reclaimed(engine):
         assert repo.claim_job(s, job_id=jid, owner="p2", now=t0, lease=lease) is None
         job = repo.claim_job(s, job_id=jid, owner="p1", now=t0, lease=lease)
         assert job is not None and job.attempts == 1
+    with session_scope(engine) as s:
+        # A running job is not another live process's to take; its owner may claim it
+        # again (a retry after the first claim's commit was lost with its connection).
+        assert repo.claim_job(s, job_id=jid, owner="p2", now=t0, lease=lease) is None
+        assert repo.claim_job(s, job_id=jid, owner="p1", now=t0, lease=lease).attempts == 2
     later = t0 + timedelta(seconds=31)
     with session_scope(engine) as s:
         assert repo.orphaned_jobs(s, now=later) == [jid]
         job = repo.claim_job(s, job_id=jid, owner="p2", now=later, lease=lease)
-        assert job.attempts == 2 and job.owner == "p2"
+        assert job.attempts == 3 and job.owner == "p2"
 
 
 def test_outbox_key_queues_once_and_claim_is_exclusive(engine):

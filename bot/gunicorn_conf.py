@@ -15,7 +15,7 @@ keepalive = 5
 accesslog = None
 # Several servers may share a machine (replicas, tests): no shared control socket.
 control_socket_disable = True
-preload_app = False  # each worker builds its own runtime and duties thread
+preload_app = False  # each worker builds its own runtime (engine, clients) after the fork
 
 
 _job_worker = None
@@ -36,7 +36,7 @@ def on_exit(server):
 
 
 def worker_exit(server, worker):
-    # SIGTERM: let running jobs finish and hand the duties lease back.
+    # SIGTERM: let the worker's urgent jobs (modals) finish; hand queued ones back.
     from bot.web import shutdown_current
 
     shutdown_current()

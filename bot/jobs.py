@@ -87,7 +87,6 @@ class JobRunner:
         self.workers = workers if runs_jobs else URGENT_WORKERS
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="snapbot-job")
         self._closed = threading.Event()
-        self._running = 0
         self._lock = threading.Lock()
         self._dispatched: set[int] = set()  # handed to the pool, not finished yet
         self._feeder: threading.Thread | None = None
@@ -191,8 +190,6 @@ class JobRunner:
             return
         if ctx is None:
             return
-        with self._lock:
-            self._running += 1
         error = ""
         try:
             self.handlers[ctx.kind](ctx)
@@ -205,8 +202,6 @@ class JobRunner:
                 except Exception:
                     log.exception("could not report the failure of job %s", ctx.id)
         finally:
-            with self._lock:
-                self._running -= 1
             try:
                 self._retrying(lambda: self._finish(ctx.id, error))
             except Exception:
@@ -250,10 +245,6 @@ class JobRunner:
                 repo.save_job_progress(s, job_id=job_id, progress=progress)
 
         self._retrying(save)
-
-    @property
-    def running(self) -> int:
-        return self._running
 
     def shutdown(self, *, wait: bool = True) -> None:
         self._closed.set()

@@ -72,6 +72,8 @@ class Duties:
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM: finish the current step, then hand the lease back at once."""
         self._stop.set()
+        if self._thread is None and not self.is_holder:
+            return  # never ran (an HTTP worker's): there is no lease of ours to hand back
         if self._thread is not None:
             self._thread.join(timeout)
         try:

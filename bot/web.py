@@ -1,8 +1,8 @@
 """The WSGI application gunicorn serves: POST /slack/events and GET /healthz.
 
 No thread is started at import: gunicorn forks its workers, so each worker builds
-its own runtime (and duties thread) in ``create_app()``; the lease picks the one
-that does the background duties."""
+its own runtime in ``create_app()``. HTTP workers only acknowledge; the job worker
+beside them (bot/worker.py) runs the jobs and the background duties."""
 
 from __future__ import annotations
 

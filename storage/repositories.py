@@ -225,10 +225,18 @@ def stream_audit_rows(
 # --- Slack deliveries ----------------------------------------------------------------
 
 
-def record_delivery(session: Session, *, key: str, now: datetime) -> bool:
+def record_delivery(session: Session | Connection, *, key: str, now: datetime) -> bool:
     """True the first time a request body is seen, False for a redelivery or replay."""
-    stmt = _insert(session, SlackDelivery).values(key=key, received_at=now)
-    return _inserted(session, stmt.on_conflict_do_nothing().returning(SlackDelivery.key))
+    return _first_delivery(session, {"key": key, "received_at": now}).first() is not None
+
+
+_first_delivery = _prepared(
+    lambda d: (
+        d.insert(SlackDelivery.__table__)
+        .on_conflict_do_nothing()
+        .returning(SlackDelivery.__table__.c.key)
+    )
+)
 
 
 def forget_deliveries(session: Session, *, before: datetime) -> int:
@@ -291,9 +299,7 @@ def accept_job(
     transaction; None (and nothing stored) for a body seen before. Prepared Core
     statements on a bare connection, not the ORM: this runs before every ack, under
     the write lock, so its CPU is the ack's."""
-    if delivery_key is not None and (
-        _first_delivery(conn, {"key": delivery_key, "received_at": now}).first() is None
-    ):
+    if delivery_key is not None and not record_delivery(conn, key=delivery_key, now=now):
         return None
     return _new_job(
         conn,
@@ -311,30 +317,7 @@ def accept_job(
     ).scalar_one()
 
 
-_first_delivery = _prepared(
-    lambda d: (
-        d.insert(SlackDelivery.__table__)
-        .on_conflict_do_nothing()
-        .returning(SlackDelivery.__table__.c.key)
-    )
-)
 _new_job = _prepared(lambda d: d.insert(Job.__table__).returning(Job.__table__.c.id))
-
-
-def enqueue_job(
-    session: Session, *, kind: str, payload: dict, owner: str, now: datetime, lease: timedelta
-) -> int:
-    job = Job(
-        kind=kind,
-        payload=json.dumps(payload, separators=(",", ":")),
-        state="queued",
-        owner=owner,
-        lease_until=now + lease,
-        created_at=now,
-    )
-    session.add(job)
-    session.flush()
-    return job.id
 
 
 def claim_job(

@@ -98,8 +98,10 @@ def test_a_delivery_is_recorded_once(engine):
 def test_job_is_claimed_by_one_worker_and_orphans_are_reclaimed(engine):
     t0 = now()
     lease = timedelta(seconds=30)
-    with session_scope(engine) as s:
-        jid = repo.enqueue_job(s, kind="command", payload={"a": 1}, owner="p1", now=t0, lease=lease)
+    with engine.begin() as conn:
+        jid = repo.accept_job(
+            conn, delivery_key=None, kind="command", payload={"a": 1}, owner="p1", now=t0, lease=lease
+        )
     with session_scope(engine) as s:
         assert repo.claim_job(s, job_id=jid, owner="p2", now=t0, lease=lease) is None
         job = repo.claim_job(s, job_id=jid, owner="p1", now=t0, lease=lease)

@@ -310,8 +310,9 @@ def job_worker_pid(proc) -> int | None:
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads children from /proc")
 def test_the_web_process_runs_jobs_in_a_job_worker_it_restarts_and_stops(tmp_path):
     """The HTTP workers only acknowledge: the job is run by the job worker the gunicorn
-    master started (its owner names the master), a killed job worker is started again
-    and the queue carries on, and SIGTERM stops it with the rest (no orphan)."""
+    master started (its owner names the master), except a modal's, which opens from
+    the HTTP worker at once; a killed job worker is started again and the queue
+    carries on, and SIGTERM stops it with the rest (no orphan)."""
     sim = start_simulator(token=VPS_TOKEN)
     fake = FakeSlack().start()
     database_url = f"sqlite:///{tmp_path / 'split.db'}"
@@ -350,6 +351,22 @@ def test_the_web_process_runs_jobs_in_a_job_worker_it_restarts_and_stops(tmp_pat
             owners = conn.execute(text("SELECT owner FROM job")).scalars().all()
         assert owners and all(o.endswith(f"/web-{proc.popen.pid}") for o in owners), owners
         assert f":{first}:" in owners[0]  # ...and it is that process, not an HTTP worker
+
+        # A modal must open within its trigger_id's 3 s: that job runs in the HTTP
+        # worker that acknowledged it, not behind the job worker's queue.
+        trigger = fake.new_trigger_id()
+        body = slash_command_body(
+            "create",
+            user_id="USPLIT1",
+            trigger_id=trigger,
+            response_url=fake.response_url("modal", channel="C1", user="USPLIT1"),
+        )
+        assert slack.post(body).status_code == 200
+        opened = fake.wait_for_call("views.open", timeout=10)
+        assert opened.ok and opened.params["trigger_id"] == trigger
+        with engine.connect() as conn:
+            owner = conn.execute(text("SELECT owner FROM job ORDER BY id DESC")).scalars().first()
+        assert "/web-" not in owner and f":{first}:" not in owner, owner
 
         os.kill(first, signal.SIGKILL)
         second = wait_until(

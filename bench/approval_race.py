@@ -47,21 +47,10 @@ from bot.devtools.stack import BOT_TOKEN, SIGNING_SECRET, VPS_TOKEN  # noqa: E40
 from bot.vps.simulator import start_simulator  # noqa: E402
 from storage import repositories as repo  # noqa: E402
 from storage.db import make_engine, normalise_url, session_scope  # noqa: E402
-from tests.procs import Proc, start_web  # noqa: E402
+from tests.procs import Proc, start_web, wait_until  # noqa: E402
 
 TERMINAL = {"succeeded", "failed", "interrupted", "rejected", "cancelled", "expired"}
 ROUND_TIMEOUT_S = 30.0
-
-
-def wait(predicate: Callable[[], object], timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.005)
 
 
 class Bench:
@@ -135,7 +124,7 @@ class Bench:
                     return m
             return None
 
-        message = wait(posted, ROUND_TIMEOUT_S, "the request message")
+        message = wait_until(posted, ROUND_TIMEOUT_S, 0.005, "the request message")
         rid = int(message.text.split("#", 1)[1].split(" ", 1)[0])
         return rid, message
 
@@ -173,9 +162,10 @@ class Bench:
             t.join()
         if statuses != [200] * approvers:
             raise RuntimeError(f"round {n}: presses answered {statuses}")
-        wait(
+        wait_until(
             lambda: self.request(rid).state in TERMINAL and self.jobs_done(),
             ROUND_TIMEOUT_S,
+            0.005,
             f"round {n} (request #{rid}) to finish",
         )
         writes = self.restore_writes(snapshot)[before:]

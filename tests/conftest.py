@@ -4,15 +4,15 @@ per test where TEST_DATABASE_URL is set), polling helpers."""
 from __future__ import annotations
 
 import os
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 
 from storage.db import make_engine, migrate, normalise_url
+from tests.procs import wait_until  # noqa: F401 - the tests import it from here
 
 pytest_plugins = ["tests.secret_scan"]  # no stack secret in logs, database or Slack
 
@@ -24,20 +24,6 @@ requires_pg = pytest.mark.skipif(
     not PG_URL,
     reason="TEST_DATABASE_URL is not set: PostgreSQL tests need a database (.ci/run sets it)",
 )
-
-
-def wait_until(
-    predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02, what: str = ""
-):
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(interval)
 
 
 @pytest.fixture

@@ -66,6 +66,22 @@ class JobContext:
 Handler = Callable[[JobContext], None]
 
 
+class _Group:
+    """Requests stored in one transaction (JobRunner._store)."""
+
+    def __init__(self) -> None:
+        self.jobs: list[dict] = []
+        self.ids: list[int | None] = []
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+    def outcome(self, index: int) -> int | None:
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.ids[index]
+
+
 class JobRunner:
     def __init__(
         self,
@@ -89,6 +105,7 @@ class JobRunner:
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self._dispatched: set[int] = set()  # handed to the pool, not finished yet
+        self._group: _Group | None = None  # requests gathering for one commit
         self._feeder: threading.Thread | None = None
 
     def register(self, kind: str, handler: Handler) -> None:
@@ -109,22 +126,51 @@ class JobRunner:
         if kind not in self.handlers:
             raise KeyError(f"no handler for job kind {kind!r}")
         local = self.runs_jobs or urgent
-        with self.engine.begin() as conn:
-            job_id = repo.accept_job(
-                conn,
-                delivery_key=delivery_key or None,
-                kind=kind,
-                payload=payload,
-                owner=self.owner if local else "",
-                now=self.clock(),
-                lease=QUEUED_LEASE,
-            )
+        job_id = self._store(
+            {
+                "delivery_key": delivery_key or None,
+                "kind": kind,
+                "payload": payload,
+                "owner": self.owner if local else "",
+                "now": self.clock(),
+                "lease": QUEUED_LEASE,
+            }
+        )
         if job_id is None:
             log.info("redelivery of a %s ignored", kind)
             return None
         if local:
             self._dispatch(job_id)
         return job_id
+
+    def _store(self, job: dict) -> int | None:
+        """Group commit: the requests that arrive while one is waiting for the write
+        turn (or writing) are stored in its transaction, one commit for all. Under a
+        burst that is one write lock and one commit per group instead of per request;
+        alone, a request is a group of one. Each returns only once its row is committed."""
+        with self._lock:
+            group = self._group
+            leads = group is None
+            if leads:
+                group = self._group = _Group()
+            index = len(group.jobs)
+            group.jobs.append(job)
+        if not leads:
+            return group.outcome(index)
+        try:
+            with self.engine.begin() as conn:  # holds the write turn from here (SQLite)
+                with self._lock:
+                    self._group = None  # later arrivals form the next group
+                group.ids = [repo.accept_job(conn, **j) for j in group.jobs]
+        except BaseException as exc:
+            group.error = exc
+            raise
+        finally:
+            with self._lock:
+                if self._group is group:  # failed before it closed
+                    self._group = None
+            group.done.set()
+        return group.ids[index]
 
     def _dispatch(self, job_id: int) -> bool:
         if self._closed.is_set():

@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime
 
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from bot.jobs import JobRunner
 from tests.conftest import wait_until
@@ -85,3 +85,64 @@ def test_a_job_worker_takes_no_more_than_its_threads_and_no_job_twice(engine):
     finally:
         web.shutdown()
         worker.shutdown()
+
+
+def test_requests_arriving_while_one_waits_to_write_are_committed_together(sqlite_engine):
+    """Group commit (JobRunner._store): while the write turn is taken, twenty
+    requests gather behind the first; they are stored in one transaction, each gets
+    its own job, and a body seen twice in the group is stored once."""
+    engine = sqlite_engine
+    web = JobRunner(engine, owner="web", clock=clock, runs_jobs=False, handlers={"k": Handler()})
+    commits = []
+    event.listen(engine, "commit", lambda conn: commits.append(1))
+    results: dict[int, int | None] = {}
+    keys = [f"d{n}" for n in range(19)] + ["d0"]  # the last is a redelivery of the first
+
+    def submit(n: int) -> None:
+        results[n] = web.submit("k", {"n": n}, delivery_key=keys[n])
+
+    threads = [threading.Thread(target=submit, args=(n,)) for n in range(20)]
+    try:
+        with engine.begin():  # someone else holds the write turn
+            for t in threads:
+                t.start()
+            wait_until(
+                lambda: web._group is not None and len(web._group.jobs) == 20,
+                what="twenty requests to gather",
+            )
+        for t in threads:
+            t.join(10)
+        assert len(commits) == 2  # the turn's holder's, then one for the twenty
+        stored = [results[n] for n in range(20)]
+        assert (stored[0] is None) != (stored[19] is None)  # d0 stored once
+        ids = [i for i in stored if i is not None]
+        assert len(ids) == len(set(ids)) == 19
+        assert sorted(owners(engine)) == sorted(ids)
+    finally:
+        web.shutdown()
+
+
+def test_when_a_group_cannot_be_stored_every_request_in_it_fails(engine):
+    """Nobody is acknowledged for a row that was not committed, and nobody hangs."""
+    web = JobRunner(engine, owner="web", clock=clock, runs_jobs=False, handlers={"k": Handler()})
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE job"))
+    errors: list[BaseException] = []
+
+    def submit(n: int) -> None:
+        try:
+            web.submit("k", {"n": n}, delivery_key=f"x{n}")
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=submit, args=(n,)) for n in range(8)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert not any(t.is_alive() for t in threads)
+        assert len(errors) == 8
+        assert web._group is None  # the next request starts afresh
+    finally:
+        web.shutdown()

@@ -17,7 +17,7 @@ import json
 import logging
 import random
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from slack_sdk import WebClient
@@ -35,31 +35,25 @@ CLAIM = timedelta(seconds=60)
 MAX_ATTEMPTS = 12
 WAIT_FOR_PARENT = timedelta(seconds=1)
 BACKOFF_CAP_S = 120.0
-# Slack errors that retrying cannot fix.
-PERMANENT = frozenset(
+# The only Slack errors worth another try (SPEC 13.3): rate limits and Slack's own
+# failures. Any other `ok: false` is final: retrying an error nobody listed (a
+# read-only channel, a plan limit) only delays telling the user for minutes.
+TRANSIENT = frozenset(
     {
-        "channel_not_found",
-        "not_in_channel",
-        "is_archived",
-        "invalid_blocks",
-        "invalid_blocks_format",
-        "msg_too_long",
-        "no_text",
-        "message_not_found",
-        "cant_update_message",
-        "edit_window_closed",
-        "user_not_in_channel",
-        "invalid_auth",
-        "not_authed",
-        "account_inactive",
-        "token_revoked",
-        "missing_scope",
-        "used_url",
-        "expired_url",
-        "invalid_arguments",
-        "restricted_action",
+        "ratelimited",
+        "rate_limited",
+        "internal_error",
+        "fatal_error",
+        "service_unavailable",
+        "request_timeout",
     }
 )
+
+
+def is_transient(error: str, status: int) -> bool:
+    """Whether a refused Slack call may succeed if sent again: a named transient
+    error, or an HTTP 429/5xx (whatever body came with it)."""
+    return error in TRANSIENT or status == 429 or status >= 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,12 +138,18 @@ class Outbox:
         key: str | None = None,
     ) -> int | None:
         """An answer only the actor sees: through response_url where Slack gave one,
-        else chat.postEphemeral."""
+        else (or if Slack refuses that for good) chat.postEphemeral."""
         if response_url:
             body = {"response_type": "ephemeral", **message}
             if replace_original:
                 body["replace_original"] = True
-            return self.queue(session, "response_url", {"url": response_url, "body": body}, key=key)
+            fallback = {"channel": channel, "user": user}
+            return self.queue(
+                session,
+                "response_url",
+                {"url": response_url, "body": body, "fallback": fallback},
+                key=key,
+            )
         return self.queue(
             session, "chat.postEphemeral", {"channel": channel, "user": user, **message}, key=key
         )
@@ -251,26 +251,39 @@ class Outbox:
                 resp = self._webhook(payload["url"]).send_dict(payload["body"])
                 if resp.status_code == 200:
                     return Delivery(True)
-                permanent = resp.status_code in (403, 404, 410) or resp.body in (
-                    "used_url",
-                    "expired_url",
-                )
-                return Delivery(
-                    False,
-                    error=f"response_url {resp.status_code} {resp.body[:80]}",
-                    permanent=permanent,
-                )
+                error = f"response_url {resp.status_code} {resp.body[:80]}"
+                if is_transient(resp.body or "", resp.status_code):
+                    return Delivery(False, error=error)
+                return self._ephemeral_instead(payload, error)
             resp = self.slack.api_call(method, json=payload)
             return Delivery(True, ts=resp.get("ts") or resp.get("message_ts"))
         except SlackApiError as exc:
             error = exc.response.get("error", "") if exc.response is not None else ""
             status = exc.response.status_code if exc.response is not None else 0
-            return Delivery(False, error=f"{error or status}", permanent=error in PERMANENT)
+            return Delivery(
+                False, error=f"{error or status}", permanent=not is_transient(error, status)
+            )
         except (SlackClientError, OSError) as exc:
             return Delivery(False, error=f"{type(exc).__name__}: {exc}"[:200])
         except ValueError as exc:
             # e.g. a signed slash command whose response_url is not a URL: no retry helps
             return Delivery(False, error=f"{type(exc).__name__}: {exc}"[:200], permanent=True)
+
+    def _ephemeral_instead(self, payload: dict, error: str) -> Delivery:
+        """A response_url Slack refused for good (used up, expired): the answer still
+        reaches the user, as an ephemeral message where the bot can post one."""
+        fallback = payload.get("fallback") or {}
+        if not (fallback.get("channel") and fallback.get("user")):
+            return Delivery(False, error=error, permanent=True)
+        body = {
+            k: v
+            for k, v in payload["body"].items()
+            if k not in ("response_type", "replace_original", "delete_original")
+        }
+        sent = self._send("chat.postEphemeral", {**fallback, **body})
+        if sent.sent or not sent.permanent:
+            return sent
+        return replace(sent, error=f"{error}; then {sent.error}")
 
 
 class _Waiting(Exception):

@@ -30,7 +30,7 @@ from bot.blocks import ids
 from bot.blocks import messages as msg
 from bot.blocks.format import age, mention, when
 from bot.config import Settings
-from bot.core import approval, authz
+from bot.core import approval, authz, conversations, view_metadata
 from bot.core import commands as cmd
 from bot.core.errors import AlreadyOpen, LimitReached, NotAllowed, NotRestorable
 from bot.jobs import JobContext, JobRunner
@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 SNAPSHOT_LIMIT = 5
 RESTORE_USUALLY = "A restore usually takes 5-15 minutes."
 GROUP_CACHE_SECONDS = 60.0
+# A deletion still marked as running after this long was cut short (its process died):
+# another confirmation may take it over.
+DELETE_STALE = timedelta(minutes=5)
 MESSAGE_WAIT_S = 15.0  # above one Slack call's budget (10 s timeout) and a first retry
 
 
@@ -81,6 +84,7 @@ class Actor:
     channel: str = ""
     team: str = ""
     response_url: str | None = None
+    channel_name: str = ""
     trigger_id: str | None = None
     message_ts: str | None = None
 
@@ -95,6 +99,7 @@ class Actor:
             response_url=p.get("response_url"),
             trigger_id=p.get("trigger_id"),
             message_ts=p.get("message_ts"),
+            channel_name=p.get("channel_name") or "",
         )
 
 
@@ -153,6 +158,10 @@ class Services:
 
     def __post_init__(self) -> None:
         self.audit_key = self.settings.audit_key.encode() if self.settings.audit_key else None
+        # Socket Mode has no signing secret; the bot token is as private.
+        self.metadata_key = view_metadata.metadata_key(
+            self.settings.slack_signing_secret or self.settings.slack_bot_token
+        )
         self.groups = GroupCache(self.slack)
         self.outbox = Outbox(self.engine, self.slack, owner=self.owner, clock=self.clock)
         self.jobs = JobRunner(
@@ -296,6 +305,33 @@ class Services:
             answer=msg.error_message(str(err) + self.groups.unread_note(allowed)),
         )
 
+    def _refused_in_dm(self, actor: Actor, action: str, what: str, *, target: str = "") -> bool:
+        """A DM or group DM between people: snapbot cannot post its channel message
+        there (Slack says `channel_not_found`) nor be invited, so refuse at once."""
+        if not conversations.is_direct_message(actor.channel, actor.channel_name):
+            return False
+        self.record(
+            actor,
+            action,
+            "denied",
+            target=target,
+            detail="direct message",
+            answer=msg.error_message(msg.not_in_a_dm(what)),
+        )
+        return True
+
+    def seal_opener(self, actor: Actor) -> str:
+        """The create modal's private_metadata: where and how to answer its opener."""
+        opener = view_metadata.Opener(
+            actor.user, actor.channel, actor.channel_name, actor.response_url
+        )
+        return view_metadata.seal(opener, self.metadata_key)
+
+    def opener_of(self, private_metadata: str, user: str) -> view_metadata.Opener | None:
+        """The opener sealed in a submitted view's private_metadata, if snapbot sealed
+        it for ``user``; None for anything else (typed, edited, another user's)."""
+        return view_metadata.unseal(private_metadata, self.metadata_key, user=user)
+
     def _provider_failed(
         self, actor: Actor, action: str, exc: Exception, *, target: str = "", answer: bool = True
     ) -> None:
@@ -394,6 +430,8 @@ class Services:
     # --- create
 
     def open_create_modal(self, actor: Actor) -> None:
+        if self._refused_in_dm(actor, "snapshot.create", "create snapshots"):
+            return
         if not self.may_operate(actor):
             self._refuse(
                 actor, "snapshot.create", "create snapshots", self.settings.snapshot_operators
@@ -403,7 +441,9 @@ class Services:
         try:
             opened = self.slack.views_open(
                 trigger_id=actor.trigger_id,
-                view=msg.create_modal(channel=actor.channel, servers=None, note="Loading servers…"),
+                view=msg.create_modal(
+                    metadata=self.seal_opener(actor), servers=None, note="Loading servers…"
+                ),
             )
         except (SlackApiError, SlackClientError, OSError) as exc:
             self.record(
@@ -432,7 +472,7 @@ class Services:
         try:
             self.slack.views_update(
                 view_id=view_id,
-                view=msg.create_modal(channel=actor.channel, servers=servers, note=note),
+                view=msg.create_modal(metadata=self.seal_opener(actor), servers=servers, note=note),
             )
         except (SlackApiError, SlackClientError, OSError) as exc:
             log.info("could not fill the create modal: %s", exc)
@@ -458,6 +498,8 @@ class Services:
         self, actor: Actor, server: cmd.ServerRef, name: str, description: str, ctx: JobContext
     ) -> None:
         target = f"server:{_ref_text(server)} name:{name}"
+        if self._refused_in_dm(actor, "snapshot.create", "create snapshots", target=target):
+            return
         if not self.may_operate(actor):
             self._refuse(
                 actor,
@@ -536,7 +578,7 @@ class Services:
                 "error",
                 target=target,
                 detail=delivery.error,
-                answer=msg.error_message(_cannot_post(delivery.error, actor.channel)),
+                answer=msg.error_message(msg.cannot_post(delivery.error, actor.channel)),
             )
             return
         ctx.save(
@@ -655,6 +697,10 @@ class Services:
     # --- delete
 
     def ask_delete(self, actor: Actor, snapshot_id: int) -> None:
+        if self._refused_in_dm(
+            actor, "snapshot.delete", "delete snapshots", target=f"snapshot:{snapshot_id}"
+        ):
+            return
         if not self.may_operate(actor):
             self._refuse(
                 actor,
@@ -690,6 +736,8 @@ class Services:
     def confirm_delete(self, actor: Actor, value: str) -> None:
         snapshot_id, _, asked_by = value.partition(":")
         target = f"snapshot:{snapshot_id}"
+        if self._refused_in_dm(actor, "snapshot.delete", "delete snapshots", target=target):
+            return
         if asked_by != actor.user:
             self.record(
                 actor,
@@ -725,12 +773,32 @@ class Services:
                 ),
             )
             return
+        now = self.clock()
+        with session_scope(self.engine) as s:
+            # Two presses of Delete (a double click: two bodies, so no redelivery key
+            # stops the second) race here; the stored claim lets one through.
+            taken = repo.begin_deletion(
+                s, snapshot_id=sid, by=actor.user, now=now, stale_before=now - DELETE_STALE
+            )
+            if taken is not None:
+                self.audit(s, actor, "snapshot.delete", "denied", target=target, detail=taken.state)
+        if taken is not None:
+            self.answer(
+                actor, msg.text_message(msg.delete_taken(sid, taken.state, taken.deleted_by))
+            )
+            return
         try:
             self.vps.delete_snapshot(sid)
         except VpsError as exc:
+            with session_scope(self.engine) as s:
+                repo.finish_deletion(
+                    s, snapshot_id=sid, by=actor.user, deleted=False, now=self.clock()
+                )
             self.record(actor, "provider.delete", "error", target=target, detail=describe(exc))
             self.answer(actor, msg.error_message(describe(exc)), replace_original=True)
             return
+        with session_scope(self.engine) as s:
+            repo.finish_deletion(s, snapshot_id=sid, by=actor.user, deleted=True, now=self.clock())
         self.record(actor, "provider.delete", "ok", target=target)
         self.answer(
             actor,
@@ -812,6 +880,8 @@ class Services:
 
     def request_restore(self, actor: Actor, snapshot_id: int, reason: str) -> None:
         target = f"snapshot:{snapshot_id}"
+        if self._refused_in_dm(actor, "restore.request", "request restores", target=target):
+            return
         if not self.may_operate(actor):
             self._refuse(
                 actor,
@@ -902,7 +972,7 @@ class Services:
                     response_url=actor.response_url,
                     channel=actor.channel,
                     user=actor.user,
-                    message=msg.error_message(_cannot_post(delivery.error, actor.channel)),
+                    message=msg.error_message(msg.cannot_post(delivery.error, actor.channel)),
                 )
             self.outbox.flush([mid])
             return
@@ -1412,15 +1482,6 @@ def _ref_text(server) -> str:
 
 def _is_id(value: str) -> bool:
     return isinstance(value, str) and value.isascii() and value.isdigit() and 0 < len(value) <= 16
-
-
-def _cannot_post(error: str, channel: str) -> str:
-    if error in ("not_in_channel", "channel_not_found"):
-        return (
-            f"snapbot cannot post in <#{channel}>: invite it first with `/invite @snapbot`, "
-            "then run the command again. Nothing was changed."
-        )
-    return f"Slack refused the message ({error}); nothing was changed."
 
 
 __all__ = ["Actor", "Services", "age", "make_slack_client", "request_key", "timedelta"]

@@ -199,3 +199,16 @@ class Setting(SQLModel, table=True):
 
     key: str = Field(primary_key=True)
     value: str = ""
+
+
+class SnapshotDeletion(SQLModel, table=True):
+    """One row per snapshot a user confirmed deleting: the primary key lets one
+    confirmation through, however many presses of Delete arrive (SPEC 13, a double click)."""
+
+    __tablename__ = "snapshot_deletion"
+
+    snapshot_id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    state: str = "deleting"  # deleting -> deleted | failed (a failed one may be tried again)
+    deleted_by: str = ""
+    started_at: datetime = Field(sa_column=_ts())
+    finished_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))

@@ -186,7 +186,6 @@ def test_create_modal_submission_writes_the_same_row(stack):
             ids.CREATE_NAME_BLOCK: {ids.CREATE_NAME_ACTION: "from-the-modal"},
             ids.CREATE_DESCRIPTION_BLOCK: {ids.CREATE_DESCRIPTION_ACTION: None},
         },
-        private_metadata="CMODAL",
     )
     row = wait_row(stack, mark, "provider.create", actor="UMODAL")
     assert row.channel == "CMODAL" and row.outcome == "ok" and row.detail == "from-the-modal"
@@ -201,7 +200,6 @@ def test_a_create_form_refused_for_its_input_is_audited_as_denied(stack):
             ids.CREATE_NAME_BLOCK: {ids.CREATE_NAME_ACTION: "no spaces allowed"},
             ids.CREATE_DESCRIPTION_BLOCK: {ids.CREATE_DESCRIPTION_ACTION: None},
         },
-        private_metadata="CMODAL",
     )
     assert r.status_code == 200 and r.json()["response_action"] == "errors"
     row = wait_row(stack, mark, "snapshot.create", actor="UMODAL")

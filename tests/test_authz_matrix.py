@@ -46,6 +46,7 @@ from bot.devtools.slack_signing import (
     view_submission_body,
 )
 from bot.devtools.stack import LocalStack
+from bot.services import Actor
 from storage import repositories as repo
 from storage.db import session_scope
 from storage.tables import AuditEvent, RestoreRequest
@@ -508,7 +509,9 @@ def buttons(run: Run, seen: dict, spare: dict[str, int]) -> None:
     # on the merits (after the authorization) and nothing is created either way.
     run.begin_batch()
     for role in ROLES:
-        run.stack.client.post(_view_body(ROLES[role], "web-server-01", "pre-migration-snapshot"))
+        run.stack.client.post(
+            _view_body(run, ROLES[role], "web-server-01", "pre-migration-snapshot")
+        )
     run.wait_settled()
     for role in ROLES:
         answer = run.ephemeral_answers(role, "snapshot")  # no response_url in a form
@@ -517,7 +520,9 @@ def buttons(run: Run, seen: dict, spare: dict[str, int]) -> None:
             run.expect("already has a snapshot named" in answer, f"form by {role}: {answer}")
 
 
-def _view_body(user: str, server: str, name: str) -> bytes:
+def _view_body(run: Run, user: str, server: str, name: str) -> bytes:
+    """The form as snapbot opened it for ``user`` in the channel (its sealed metadata)."""
+    opener = run.stack.services.seal_opener(Actor(user=user, channel=CHANNEL))
     return view_submission_body(
         ids.CREATE_MODAL,
         {
@@ -526,7 +531,7 @@ def _view_body(user: str, server: str, name: str) -> bytes:
             ids.CREATE_DESCRIPTION_BLOCK: {ids.CREATE_DESCRIPTION_ACTION: None},
         },
         user_id=user,
-        private_metadata=CHANNEL,
+        private_metadata=opener,
     )
 
 

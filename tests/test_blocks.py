@@ -210,7 +210,7 @@ def test_the_limit_message_offers_to_delete_the_oldest(oldest):
     ids=["loading", "none", "one", "250-long-names"],
 )
 def test_the_create_modal_is_a_valid_view(servers):
-    view = msg.create_modal(channel="C1", servers=servers, note="Loading servers…")
+    view = msg.create_modal(metadata="C1", servers=servers, note="Loading servers…")
     assert validate_view(view) == []
     assert view["callback_id"] == ids.CREATE_MODAL and view["private_metadata"] == "C1"
     blocks = {b.get("block_id"): b for b in view["blocks"]}
@@ -222,7 +222,7 @@ def test_the_create_modal_is_a_valid_view(servers):
 
 
 def test_the_create_modal_shows_a_long_note_within_limits():
-    assert validate_view(msg.create_modal(channel="C1", servers=None, note=LONG)) == []
+    assert validate_view(msg.create_modal(metadata="C1", servers=None, note=LONG)) == []
 
 
 # -- delete ---------------------------------------------------------------------------------

@@ -159,8 +159,8 @@ def builder_outputs() -> list[dict]:
             snapshot_id=1,
         ),
         msg.limit_reached("t", 798, "oldest"),
-        msg.create_modal(channel="C1", servers=[(12345, "web-server-01")]),
-        msg.create_modal(channel="C1", servers=None),
+        msg.create_modal(metadata="C1", servers=[(12345, "web-server-01")]),
+        msg.create_modal(metadata="C1", servers=None),
         msg.delete_prompt(snap, "U1", NOW),
         *(msg.restore_request(r, ["U2"], NOW) for r in requests),
         msg.thread_note("t"),
@@ -182,7 +182,7 @@ def test_every_button_the_builders_emit_uses_an_id_from_the_registry():
     assert emitted, "the builders emitted no buttons at all"
     assert emitted <= set(ids.ACTION_IDS), emitted - set(ids.ACTION_IDS)
     # the modal's callback id too
-    modal = msg.create_modal(channel="C1", servers=None)
+    modal = msg.create_modal(metadata="C1", servers=None)
     assert modal["callback_id"] in ids.VIEW_CALLBACK_IDS
 
 

@@ -23,6 +23,7 @@ from bot.devtools.slack_signing import (
     view_submission_body,
 )
 from bot.devtools.stack import LocalStack
+from bot.services import Actor
 from storage import repositories as repo
 from storage.db import session_scope
 from storage.tables import AuditEvent, Job, SlackDelivery, Watch
@@ -175,7 +176,7 @@ def test_a_replayed_button_press_modal_submission_or_help_is_done_once(stack):
             ids.CREATE_DESCRIPTION_BLOCK: {ids.CREATE_DESCRIPTION_ACTION: None},
         },
         user_id="U1",
-        private_metadata="C1",
+        private_metadata=stack.services.seal_opener(Actor(user="U1", channel="C1")),
     )
     help_body = slash_command_body("help", user_id="U1")
     for body in (press, submit, help_body):

@@ -82,6 +82,42 @@ def error_message(text: str) -> dict:
     return _payload(text, [_section(f":x: {text}")])
 
 
+# --- where snapbot cannot post ---------------------------------------------------------------
+
+FORM_NOT_VERIFIED = (
+    "snapbot could not verify this form, so it did nothing. Close it and run "
+    "`/snapshot create` again."
+)
+
+
+def not_in_a_dm(what: str) -> str:
+    """The refusal of a command that needs a channel message, given in a DM."""
+    return (
+        f"snapbot cannot post in a direct message, so it cannot {what} here: run it in a "
+        "channel where snapbot is a member (invite it with `/invite @snapbot`). Nothing was "
+        "changed."
+    )
+
+
+def cannot_post(error: str, channel: str) -> str:
+    """Why Slack refused the channel message a create or restore needs, and the fix."""
+    where = f"<#{channel}>"
+    fix = {
+        "not_in_channel": f"snapbot is not a member of {where}: invite it first with "
+        "`/invite @snapbot`, then run the command again.",
+        "channel_not_found": f"snapbot cannot see {where}: invite it first with "
+        "`/invite @snapbot` (in a direct message, run the command in a channel instead).",
+        "is_archived": f"{where} is archived, so snapbot cannot post there: run the command "
+        "in a channel that is not archived.",
+        "restricted_action_read_only_channel": f"Only some members may post in {where}, and "
+        "snapbot is not one of them: let it post there (channel settings, posting "
+        "permissions) or run the command in another channel.",
+        "restricted_action_thread_only_channel": f"{where} takes replies in threads only, so "
+        "snapbot cannot post its message there: run the command in another channel.",
+    }.get(error, f"Slack refused the message snapbot needs to post (`{escape(error)}`).")
+    return f"{fix} Nothing was changed."
+
+
 # --- list --------------------------------------------------------------------------------
 
 
@@ -208,10 +244,11 @@ def limit_reached(text: str, oldest_id: int, oldest_name: str) -> dict:
 
 
 def create_modal(
-    *, channel: str, servers: Iterable[tuple[int, str]] | None, note: str = ""
+    *, metadata: str, servers: Iterable[tuple[int, str]] | None, note: str = ""
 ) -> dict:
     """The create modal. With ``servers`` a picker; without (still loading, or the
-    provider failed) a text field that takes an ID or a name."""
+    provider failed) a text field that takes an ID or a name. ``metadata``: the
+    opener, sealed by the bot (bot/core/view_metadata.py), for answering afterwards."""
     servers = list(servers or [])
     if servers:
         server_input = StaticSelectElement(
@@ -251,13 +288,20 @@ def create_modal(
         title="Create a snapshot",
         submit="Create",
         close="Cancel",
-        private_metadata=channel,
+        private_metadata=metadata,
         blocks=blocks,
     )
     return view.to_dict()
 
 
 # --- delete --------------------------------------------------------------------------------
+
+
+def delete_taken(snapshot_id: int, state: str, by: str) -> str:
+    """The answer to a Delete pressed again (a double click, or a second person)."""
+    if state == "deleted":
+        return f"Snapshot {snapshot_id} was already deleted by {mention(by)}."
+    return f"Snapshot {snapshot_id} is already being deleted by {mention(by)}."
 
 
 def delete_prompt(snapshot, user: str, now: datetime) -> dict:

@@ -3,8 +3,10 @@
 `snapbot demo`, `snapbot shell` and the test suite point slack_sdk's
 `WebClient(base_url=fake.api_url)` at this server instead of slack.com. It answers
 the handful of methods snapbot uses the way Slack does (including the errors an app
-must survive: `not_in_channel`, 429 with `Retry-After`, 5xx, a reused `trigger_id`,
-a sixth post to a `response_url`), keeps the resulting state (channel messages,
+must survive: `not_in_channel`, `channel_not_found` in a DM between people,
+`is_archived`, `restricted_action_read_only_channel`, `msg_blocks_too_long`,
+`plan_upgrade_required` on a free plan, 429 with `Retry-After`, 5xx, a reused
+`trigger_id`, a sixth post to a `response_url`), keeps the resulting state (channel messages,
 threads, edits, ephemerals, modals) and records every call, so a test asserts on
 what a user would see rather than on mocks:
 
@@ -67,6 +69,11 @@ RESPONSE_URL_TTL_SECONDS = 30 * 60  # ... within 30 minutes
 TRIGGER_TTL_SECONDS = 3.0  # Slack: a trigger_id is good for 3 s, once
 _FIRST_TS_MICROS = 1_700_000_000_000_100
 _JSON_PARAMS = ("blocks", "attachments", "view", "metadata")
+# Slack refuses a message whose blocks hold more text than this in all, though each
+# block is within its own limit (observed about 13,000 characters; not documented).
+BLOCKS_TEXT_MAX = 12_000
+CHANNEL_KINDS = ("channel", "private", "im", "mpim")
+POSTING = ("everyone", "read_only", "thread_only")
 
 # The OAuth scope each method needs. With `FakeSlack(scopes=...)` set (e.g. to the
 # manifest's bot scopes) a call the app's token could not make answers
@@ -177,6 +184,16 @@ class InvalidPayload:
 
 
 @dataclass
+class _Channel:
+    """How a conversation is set up: see `FakeSlack.set_channel`."""
+
+    kind: str = "channel"
+    member: bool = True
+    archived: bool = False
+    posting: str = "everyone"
+
+
+@dataclass
 class _Fault:
     status: int = 200
     error: str = "ratelimited"
@@ -212,7 +229,9 @@ class FakeSlack:
     `not_in_channels` (posting there answers `not_in_channel`), `unknown_channels`
     (`channel_not_found`), `usergroups` ({"S1": ["U1", ...]}), `users` (extra fields
     for users.info), `scopes` (None: every method allowed), `latency` ({method or
-    "*": seconds} before answering), `trigger_ttl`, `response_url_ttl`.
+    "*": seconds} before answering), `trigger_ttl`, `response_url_ttl`, `plan`
+    ("free": user groups answer `plan_upgrade_required`). `set_channel` makes a
+    conversation a DM or group DM between people, archived, read-only or thread-only.
     `reset()` forgets what was recorded and pending faults, and keeps configuration.
     """
 
@@ -228,6 +247,7 @@ class FakeSlack:
         team_id: str = DEFAULT_TEAM_ID,
         trigger_ttl: float | None = TRIGGER_TTL_SECONDS,
         response_url_ttl: float = RESPONSE_URL_TTL_SECONDS,
+        plan: str = "pro",
     ) -> None:
         self.bot_user_id = bot_user_id
         self.bot_id = DEFAULT_BOT_ID
@@ -241,6 +261,8 @@ class FakeSlack:
         self.latency: dict[str, float] = {}
         self.trigger_ttl = trigger_ttl
         self.response_url_ttl = response_url_ttl
+        self.plan = plan
+        self._channels: dict[str, _Channel] = {}
 
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
@@ -331,6 +353,33 @@ class FakeSlack:
                 message_ts=message_ts,
             )
             return url
+
+    def set_channel(
+        self,
+        channel: str,
+        *,
+        kind: str = "channel",
+        member: bool | None = None,
+        archived: bool = False,
+        posting: str = "everyone",
+    ) -> None:
+        """Set up a conversation as Slack would have it. ``kind``: "channel", "private",
+        "im" (a DM) or "mpim" (a group DM); a DM or group DM is between people unless
+        ``member`` (the bot is in it), and the bot's posts there answer
+        `channel_not_found`. ``member=False`` in a channel: `not_in_channel`.
+        ``archived``: `is_archived`. ``posting`` "read_only" or "thread_only": a
+        chat.postMessage answers `restricted_action_read_only_channel` /
+        `restricted_action_thread_only_channel` (the latter only outside a thread)."""
+        if kind not in CHANNEL_KINDS or posting not in POSTING:
+            raise ValueError(f"kind must be one of {CHANNEL_KINDS}, posting one of {POSTING}")
+        if member is None:
+            member = kind not in ("im", "mpim")
+        with self._lock:
+            self._channels[channel] = _Channel(kind, member, archived, posting)
+            if not member:
+                self.not_in_channels.add(channel)
+            else:
+                self.not_in_channels.discard(channel)
 
     def new_trigger_id(self) -> str:
         """A trigger_id that expires `trigger_ttl` seconds from now, as Slack's do.
@@ -577,6 +626,8 @@ class FakeSlack:
             problems = validate_message_blocks(params["blocks"])
             if problems:
                 self._reject(method, params, problems)
+            if _blocks_text_length(params["blocks"]) > BLOCKS_TEXT_MAX:
+                raise _ApiError("msg_blocks_too_long")
         for warning in message_warnings(params):
             self._warnings.append(f"{method} to {params.get('channel')}: {warning}")
 
@@ -587,16 +638,36 @@ class FakeSlack:
             "invalid_blocks", response_metadata={"messages": [f"[ERROR] {p}" for p in problems]}
         )
 
-    def _channel_for_posting(self, params: dict[str, Any]) -> str:
+    def _channel_for_posting(self, params: dict[str, Any], method: str = "") -> str:
+        """The channel a post goes to, or the error Slack gives for it there."""
         channel = params.get("channel")
         if not channel:
             raise _ApiError("channel_not_found")
         channel = str(channel)
+        conf = self._channels.get(channel, _Channel())
         if channel in self.unknown_channels:
             raise _ApiError("channel_not_found")
+        if conf.kind in ("im", "mpim") and not conf.member:
+            # A bot cannot see a conversation between people it is not part of.
+            raise _ApiError("channel_not_found")
+        if conf.archived:
+            raise _ApiError("is_archived")
         if channel in self.not_in_channels:
             raise _ApiError("not_in_channel")
+        if method == "chat.postMessage":
+            if conf.posting == "read_only":
+                raise _ApiError("restricted_action_read_only_channel")
+            if conf.posting == "thread_only" and not params.get("thread_ts"):
+                raise _ApiError("restricted_action_thread_only_channel")
         return channel
+
+    def _visible_channel(self, channel: str) -> None:
+        """Methods on an existing message: the conversation must be one the bot sees."""
+        conf = self._channels.get(channel, _Channel())
+        if channel in self.unknown_channels or (conf.kind in ("im", "mpim") and not conf.member):
+            raise _ApiError("channel_not_found")
+        if conf.archived:
+            raise _ApiError("is_archived")
 
     def _message_json(self, m: Message) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -672,7 +743,7 @@ class FakeSlack:
         }
 
     def _api_chat_post_message(self, params: dict[str, Any]) -> dict[str, Any]:
-        channel = self._channel_for_posting(params)
+        channel = self._channel_for_posting(params, "chat.postMessage")
         if not params.get("text") and not params.get("blocks") and not params.get("attachments"):
             raise _ApiError("no_text")
         self._check_blocks("chat.postMessage", params)
@@ -681,8 +752,7 @@ class FakeSlack:
 
     def _api_chat_update(self, params: dict[str, Any]) -> dict[str, Any]:
         channel, ts = str(params.get("channel") or ""), str(params.get("ts") or "")
-        if channel in self.unknown_channels:
-            raise _ApiError("channel_not_found")
+        self._visible_channel(channel)
         message = self._find_message(channel, ts)
         if message is None:
             raise _ApiError("message_not_found")
@@ -807,6 +877,8 @@ class FakeSlack:
         return {"view": self._view_json(opened)}
 
     def _api_usergroups_users_list(self, params: dict[str, Any]) -> dict[str, Any]:
+        if self.plan == "free":
+            raise _ApiError("plan_upgrade_required")  # user groups are a paid feature
         group = params.get("usergroup")
         if not group or group not in self.usergroups:
             raise _ApiError("no_such_subteam")
@@ -832,16 +904,23 @@ class FakeSlack:
 
     def _api_conversations_info(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = str(params.get("channel") or "")
-        if not channel or channel in self.unknown_channels:
+        if not channel:
             raise _ApiError("channel_not_found")
+        self._visible_channel(channel)
+        conf = self._channels.get(channel)
+        kind = conf.kind if conf else {"G": "private", "D": "im"}.get(channel[:1], "channel")
         return {
             "channel": {
                 "id": channel,
                 "name": channel.lower(),
-                "is_channel": channel.startswith("C"),
-                "is_private": channel.startswith("G"),
-                "is_im": channel.startswith("D"),
-                "is_archived": False,
+                "is_channel": kind == "channel",
+                "is_group": kind == "private",
+                "is_private": kind in ("private", "im", "mpim"),
+                "is_im": kind == "im",
+                "is_mpim": kind == "mpim",
+                "is_archived": bool(conf and conf.archived),
+                "is_read_only": bool(conf and conf.posting == "read_only"),
+                "is_thread_only": bool(conf and conf.posting == "thread_only"),
                 "is_member": channel not in self.not_in_channels,
             }
         }
@@ -1146,6 +1225,18 @@ def _decode_response_payload(content_type: str, body: bytes) -> dict[str, Any] |
             with contextlib.suppress(ValueError):
                 data[key] = json.loads(data[key])
     return data
+
+
+def _blocks_text_length(blocks: Any) -> int:
+    """All the text a message's blocks carry, as Slack counts it against its total."""
+    if isinstance(blocks, dict):
+        return sum(
+            len(v) if k == "text" and isinstance(v, str) else _blocks_text_length(v)
+            for k, v in blocks.items()
+        )
+    if isinstance(blocks, list):
+        return sum(_blocks_text_length(b) for b in blocks)
+    return 0
 
 
 def _truthy(value: Any) -> bool:

@@ -26,6 +26,7 @@ from bot.devtools.slack_signing import (
     view_submission_body,
 )
 from bot.runtime import Runtime, build_runtime
+from bot.services import Actor
 from bot.vps.simulator import SimHandle, start_simulator
 from bot.web import WebApp
 from storage import repositories as repo
@@ -111,11 +112,14 @@ class SlackUser:
     def submit(
         self, callback_id: str, values: dict, *, private_metadata: str = ""
     ) -> httpx.Response:
+        """Submit a modal; without ``private_metadata``, the one snapbot seals for a
+        modal this user opened in their channel (with no response_url)."""
+        opener = Actor(user=self.user_id, channel=self.channel)
         body = view_submission_body(
             callback_id,
             values,
             user_id=self.user_id,
-            private_metadata=private_metadata or self.channel,
+            private_metadata=private_metadata or self.stack.services.seal_opener(opener),
         )
         return self.stack.client.post(body)
 

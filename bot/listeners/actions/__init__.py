@@ -15,6 +15,7 @@ def action_payload(body: dict, action: dict) -> dict:
         "value": str(action.get("value", ""))[:2000],
         "user": (body.get("user") or {}).get("id", ""),
         "channel": channel,
+        "channel_name": (body.get("channel") or {}).get("name", ""),
         "team": (body.get("team") or {}).get("id", "")
         or (body.get("user") or {}).get("team_id", ""),
         "response_url": body.get("response_url"),

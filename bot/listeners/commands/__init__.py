@@ -20,6 +20,8 @@ def command_payload(body: dict) -> dict:
         "text": body.get("text", ""),
         "user": body.get("user_id", ""),
         "channel": body.get("channel_id", ""),
+        # A DM is told by its name as much as its id (bot/core/conversations.py).
+        "channel_name": body.get("channel_name", ""),
         "team": body.get("team_id", ""),
         "response_url": body.get("response_url"),
         "trigger_id": body.get("trigger_id"),

@@ -3,6 +3,7 @@ from __future__ import annotations
 from slack_bolt import Ack, App, BoltContext
 
 from bot.blocks import ids
+from bot.blocks import messages as msg
 from bot.core import commands as cmd
 from bot.services import Actor
 
@@ -16,6 +17,29 @@ def _value(state: dict, block: str, action: str) -> str:
 def register(app: App, services) -> None:
     @app.view(ids.CREATE_MODAL)
     def create_submitted(ack: Ack, body: dict, view: dict, context: BoltContext) -> None:
+        user = (body.get("user") or {}).get("id", "")
+        team = (body.get("team") or {}).get("id", "")
+        # A submission carries no response_url and nothing else of where the modal was
+        # opened: that comes from the private_metadata snapbot sealed when it opened
+        # the modal, and only if the seal holds for this user.
+        opener = services.opener_of(view.get("private_metadata", ""), user)
+        if opener is None:
+            services.record(
+                Actor(user=user, team=team),
+                "snapshot.create",
+                "denied",
+                detail="private_metadata not sealed by snapbot",
+                delivery_key=context.get("delivery_key"),
+            )
+            ack(response_action="errors", errors={ids.CREATE_SERVER_BLOCK: msg.FORM_NOT_VERIFIED})
+            return
+        where = {
+            "user": user,
+            "team": team,
+            "channel": opener.channel,
+            "channel_name": opener.channel_name,
+            "response_url": opener.response_url,
+        }
         state = (view.get("state") or {}).get("values") or {}
         server = _value(state, ids.CREATE_SERVER_BLOCK, ids.CREATE_SERVER_ACTION)
         name = _value(state, ids.CREATE_NAME_BLOCK, ids.CREATE_NAME_ACTION)
@@ -29,11 +53,7 @@ def register(app: App, services) -> None:
         if errors:
             # Refused in the form itself, yet still a user action: audited as denied.
             services.record(
-                Actor(
-                    user=(body.get("user") or {}).get("id", ""),
-                    team=(body.get("team") or {}).get("id", ""),
-                    channel=view.get("private_metadata", ""),
-                ),
+                Actor.from_payload(where),
                 "snapshot.create",
                 "denied",
                 target=f"server:{server} name:{name}"[:300],
@@ -44,14 +64,7 @@ def register(app: App, services) -> None:
             return
         services.accept(
             "create_view",
-            {
-                "user": (body.get("user") or {}).get("id", ""),
-                "team": (body.get("team") or {}).get("id", ""),
-                "channel": view.get("private_metadata", ""),
-                "server": server,
-                "name": name,
-                "description": description,
-            },
+            {**where, "server": server, "name": name, "description": description},
             delivery_key=context.get("delivery_key"),
         )
         ack()

@@ -9,13 +9,14 @@ from bot.blocks import ids
 
 def action_payload(body: dict, action: dict) -> dict:
     container = body.get("container") or {}
-    channel = (body.get("channel") or {}).get("id") or container.get("channel_id", "")
+    channel_info = body.get("channel") or {}
+    channel = channel_info.get("id") or container.get("channel_id", "")
     return {
         "action_id": str(action.get("action_id", ""))[:255],
         "value": str(action.get("value", ""))[:2000],
         "user": (body.get("user") or {}).get("id", ""),
         "channel": channel,
-        "channel_name": (body.get("channel") or {}).get("name", ""),
+        "channel_name": name if isinstance(name := channel_info.get("name"), str) else "",
         "team": (body.get("team") or {}).get("id", "")
         or (body.get("user") or {}).get("team_id", ""),
         "response_url": body.get("response_url"),

@@ -17,9 +17,9 @@ from urllib.parse import parse_qs
 
 import httpx
 import pytest
-from sqlalchemy import func, select
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
+from sqlalchemy import func, select
 
 from bot.blocks import ids
 from bot.blocks import messages as msg

@@ -84,9 +84,9 @@ class Actor:
     channel: str = ""
     team: str = ""
     response_url: str | None = None
-    channel_name: str = ""
     trigger_id: str | None = None
     message_ts: str | None = None
+    channel_name: str = ""  # Slack's name for it: tells a DM (bot/core/conversations.py)
 
     @classmethod
     def from_payload(cls, p: dict) -> Actor:

@@ -70,6 +70,7 @@ ENV_VARS: Mapping[str, str] = {
     "incident_channel": "INCIDENT_CHANNEL",
     "snapshot_operators": "SNAPSHOT_OPERATORS",
     "snapshot_approvers": "SNAPSHOT_APPROVERS",
+    "slack_allowed_teams": "SLACK_ALLOWED_TEAMS",
     "restore_approvals": "RESTORE_APPROVALS",
     "approval_ttl_minutes": "APPROVAL_TTL_MINUTES",
     "audit_key": "AUDIT_KEY",
@@ -81,6 +82,7 @@ ENV_VARS: Mapping[str, str] = {
 _ORDER = {var: i for i, var in enumerate(ENV_VARS.values())}
 
 _SUBJECT_ID_RE = re.compile(r"[UWS][A-Z0-9]{2,}")  # users (U, W) and user groups (S)
+_TEAM_ID_RE = re.compile(r"T[A-Z0-9]+")
 _CHANNEL_ID_RE = re.compile(r"[CGD][A-Z0-9]{2,}")
 _INT_RE = re.compile(r"[0-9]{1,9}")  # anything longer is out of every range we accept
 _FLOAT_RE = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")  # no sign, exponent, nan, inf
@@ -154,6 +156,8 @@ class Settings:
     incident_channel: str | None = None
     snapshot_operators: frozenset[str] | None = None
     snapshot_approvers: frozenset[str] | None = None
+    # Other workspaces (Slack Connect) whose users may act; empty: only the installing one.
+    slack_allowed_teams: frozenset[str] = frozenset()
     restore_approvals: int = 1
     approval_ttl_minutes: float = 60.0
     poll_seconds: float = 15.0
@@ -265,6 +269,7 @@ def load_settings(
         "incident_channel",
         "snapshot_operators",
         "snapshot_approvers",
+        "slack_allowed_teams",
         "host",
         "log_level",
     ):
@@ -398,6 +403,16 @@ def _check_and_normalise(s: Settings) -> list[str]:
             problems.append(f"{ENV_VARS[name]} {problem}")
         else:
             put(name, ids)
+
+    teams = s.slack_allowed_teams
+    if isinstance(teams, str):
+        teams = [t.strip() for t in teams.split(",") if t.strip()]
+    if not isinstance(teams, Iterable) or not all(
+        isinstance(t, str) and _TEAM_ID_RE.fullmatch(t) for t in teams
+    ):
+        problems.append("SLACK_ALLOWED_TEAMS must be comma-separated Slack team IDs like T0123ABCD")
+    else:
+        put("slack_allowed_teams", frozenset(teams))
 
     for name, kind in _NUMBERS.items():
         value = getattr(s, name)

@@ -86,20 +86,31 @@ class Actor:
     response_url: str | None = None
     trigger_id: str | None = None
     message_ts: str | None = None
+    # Whose organisation the user is of (SPEC 13.5): their own team and Grid org, and
+    # the installing team as the request names it (a Slack Connect partner's
+    # ``user.team_id`` differs from it).
+    user_team: str = ""
+    enterprise: str = ""
+    home_team: str = ""
     channel_name: str = ""  # Slack's name for it: tells a DM (bot/core/conversations.py)
 
     @classmethod
     def from_payload(cls, p: dict) -> Actor:
-        # A signed request may still carry nulls where Slack sends ids: the audit
-        # chain hashes strings, so "" stands in for a missing id.
+        # A signed request may still carry nulls (or numbers) where Slack sends ids:
+        # the audit chain hashes strings, so "" stands in for a missing id. Jobs stored
+        # before the user's own team was carried fall back to the request's team.
+        team = _text(p.get("team"))
         return cls(
-            user=p.get("user") or "",
-            channel=p.get("channel") or "",
-            team=p.get("team") or "",
+            user=_text(p.get("user")),
+            channel=_text(p.get("channel")),
+            team=team,
             response_url=p.get("response_url"),
             trigger_id=p.get("trigger_id"),
             message_ts=p.get("message_ts"),
-            channel_name=p.get("channel_name") or "",
+            user_team=_text(p.get("user_team", team)),
+            enterprise=_text(p.get("enterprise")),
+            home_team=_text(p.get("home_team", team)),
+            channel_name=_text(p.get("channel_name")),
         )
 
 
@@ -155,6 +166,10 @@ class Services:
     owner: str = field(default_factory=make_owner_id)
     workers: int = 16
     runs_jobs: bool = True  # False in gunicorn's HTTP workers: bot/jobs.py, bot/worker.py
+    # The workspace (and Enterprise Grid org) the bot is installed in, from auth.test at
+    # start-up; None: the team each request came through stands in (SPEC 13.5).
+    install_team: str | None = None
+    install_enterprise: str | None = None
 
     def __post_init__(self) -> None:
         self.audit_key = self.settings.audit_key.encode() if self.settings.audit_key else None
@@ -172,9 +187,10 @@ class Services:
             runs_jobs=self.runs_jobs,
             on_crash=self._job_crashed,
         )
-        self.jobs.register("command", self.run_command)
-        self.jobs.register("action", self.run_action)
-        self.jobs.register("create_view", self.run_create_view)
+        # Every job kind passes the door first: no use case sees an actor it refuses.
+        self.jobs.register("command", self._at_the_door(self.run_command))
+        self.jobs.register("action", self._at_the_door(self.run_action))
+        self.jobs.register("create_view", self._at_the_door(self.run_create_view))
         self.policy = approval.Policy(
             approvers=self.settings.snapshot_approvers,
             required_approvals=self.settings.restore_approvals,
@@ -344,6 +360,48 @@ class Services:
             detail=describe(exc),
             answer=msg.error_message(describe(exc)) if answer else None,
         )
+
+    # ------------------------------------------------------------------ the door (SPEC 13.5, 14.3)
+
+    def turned_away(self, payload: dict) -> str | None:
+        """Why the actor of a request may do nothing at all, or None: not a Slack user
+        ID, or a user of another organisation not in SLACK_ALLOWED_TEAMS. Pure: the
+        listeners also ask it before answering in the ack."""
+        actor = Actor.from_payload(payload)
+        if not authz.is_user_id(actor.user):
+            return "not a Slack user ID"
+        return authz.outsider(
+            user_team=actor.user_team,
+            user_enterprise=actor.enterprise,
+            home_team=self.install_team or actor.home_team,
+            home_enterprise=self.install_enterprise or "",
+            allowed_teams=self.settings.slack_allowed_teams,
+        )
+
+    def _at_the_door(self, handler: Callable[[JobContext], None]) -> Callable[[JobContext], None]:
+        def run(ctx: JobContext) -> None:
+            why = self.turned_away(ctx.payload)
+            if why is None:
+                handler(ctx)
+                return
+            actor = Actor.from_payload(ctx.payload)
+            action, target = _attempted(ctx.kind, ctx.payload)
+            self.record(
+                # Whatever was typed as the id is kept for the auditor, but never raw
+                # control characters (PostgreSQL refuses NUL in text).
+                replace(actor, user=_printable(actor.user), team=_printable(actor.team)),
+                action,
+                "denied",
+                target=target,
+                detail=f"turned away at the door: {_printable(why, 200)}",
+                # Without a response_url the answer is an ephemeral: only to a real
+                # user in a known channel.
+                answer=msg.turned_away(why, another_org=authz.is_user_id(actor.user))
+                if actor.response_url or (authz.is_user_id(actor.user) and actor.channel)
+                else None,
+            )
+
+        return run
 
     # ------------------------------------------------------------------ listeners' entry points
 
@@ -1478,6 +1536,53 @@ def _ref_text(server) -> str:
     if server is None:
         return ""
     return str(server.id) if isinstance(server, cmd.ServerId) else server.name
+
+
+# What each command or button would have done: the action a refusal at the door is
+# audited as, so the trail reads the same as for any other denial.
+_COMMAND_ACTIONS = {
+    cmd.ListSnapshots: "snapshot.list",
+    cmd.CreateSnapshot: "snapshot.create",
+    cmd.OpenCreateModal: "snapshot.create",
+    cmd.RequestRestore: "restore.request",
+    cmd.DeleteSnapshot: "snapshot.delete",
+    cmd.ShowAudit: "audit.show",
+    cmd.ShowPending: "pending.show",
+    cmd.Help: "command.help",
+    cmd.UsageError: "command.invalid",
+}
+_BUTTON_ACTIONS = {
+    ids.APPROVE: ("restore.approve", "request"),
+    ids.REJECT: ("restore.reject", "request"),
+    ids.RESTORE_OPEN: ("restore.request", "snapshot"),
+    ids.DELETE_OPEN: ("snapshot.delete", "snapshot"),
+    ids.DELETE_CONFIRM: ("snapshot.delete", "snapshot"),
+    ids.DELETE_CANCEL: ("snapshot.delete_cancelled", "snapshot"),
+}
+
+
+def _attempted(kind: str, payload: dict) -> tuple[str, str]:
+    """(audit action, target) of what a request asked for."""
+    if kind == "command":
+        command = cmd.parse(_text(payload.get("text")))
+        target = getattr(command, "snapshot_id", None)
+        return (
+            _COMMAND_ACTIONS.get(type(command), "command"),
+            f"snapshot:{target}" if target is not None else "",
+        )
+    if kind == "action":
+        action, noun = _BUTTON_ACTIONS.get(_text(payload.get("action_id")), ("button.unknown", ""))
+        value = _text(payload.get("value")).partition(":")[0]
+        return action, f"{noun}:{value}" if noun and _is_id(value) else ""
+    return "snapshot.create", ""
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _printable(value: str, limit: int = 64) -> str:
+    return (value if value.isprintable() else repr(value)[1:-1])[:limit]
 
 
 def _is_id(value: str) -> bool:

@@ -118,6 +118,20 @@ def cannot_post(error: str, channel: str) -> str:
     return f"{fix} Nothing was changed."
 
 
+def turned_away(why: str, *, another_org: bool) -> dict:
+    """The answer to a request refused at the door (SPEC 13.5, 14.3): from a user of
+    another organisation, or with no valid Slack user ID at all."""
+    if another_org:
+        return error_message(
+            f"snapbot did nothing ({escape(why)}): it acts only for people of the workspace "
+            "it is installed in. An admin can let another workspace in with "
+            "`SLACK_ALLOWED_TEAMS`."
+        )
+    return error_message(
+        f"snapbot did nothing: the request did not say who you are ({escape(why)})."
+    )
+
+
 # --- list --------------------------------------------------------------------------------
 
 

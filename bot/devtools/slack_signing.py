@@ -129,6 +129,8 @@ def block_actions_body(
     is_ephemeral: bool = False,
     team_id: str = "T1",
     team_domain: str = DEFAULT_TEAM_DOMAIN,
+    user_team_id: str | None = None,
+    enterprise_id: str | None = None,
     api_app_id: str = DEFAULT_API_APP_ID,
     button_text: str = "Button",
     action_type: str = "button",
@@ -136,7 +138,9 @@ def block_actions_body(
     """A `block_actions` delivery (a button press) as Slack posts it.
 
     `message` is absent for an ephemeral message, as in Slack: the app must rely on
-    `container.message_ts`. The actor is `user.id`, never anything in `value`."""
+    `container.message_ts`. The actor is `user.id`, never anything in `value`.
+    `user_team_id`: the presser's own team when it is not `team_id` (a Slack Connect
+    partner in a shared channel); `enterprise_id`: the Enterprise Grid org, if any."""
     action: dict[str, Any] = {
         "action_id": action_id,
         "block_id": block_id,
@@ -152,7 +156,7 @@ def block_actions_body(
             "id": user_id,
             "username": _username(user_id, user_name),
             "name": _username(user_id, user_name),
-            "team_id": team_id,
+            "team_id": user_team_id or team_id,
         },
         "api_app_id": api_app_id,
         "token": _VERIFICATION_TOKEN,
@@ -163,8 +167,8 @@ def block_actions_body(
             "is_ephemeral": is_ephemeral,
         },
         "trigger_id": trigger_id or new_trigger_id(),
-        "team": {"id": team_id, "domain": team_domain},
-        "enterprise": None,
+        "team": _team(team_id, team_domain, enterprise_id),
+        "enterprise": _enterprise(enterprise_id),
         "is_enterprise_install": False,
         "channel": {"id": channel_id, "name": channel_name},
         "state": {"values": {}},
@@ -270,6 +274,9 @@ def view_submission_body(
     private_metadata: str = "",
     team_id: str = "T1",
     team_domain: str = DEFAULT_TEAM_DOMAIN,
+    user_team_id: str | None = None,
+    enterprise_id: str | None = None,
+    installed_team_id: str | None = None,
     view_id: str | None = None,
     api_app_id: str = DEFAULT_API_APP_ID,
     trigger_id: str | None = None,
@@ -278,7 +285,10 @@ def view_submission_body(
 ) -> bytes:
     """A modal submission. `values[block_id][action_id]` is a string (a text input),
     None (an empty optional input), a dict `{"value": ..., "text": ...}` (the
-    selected option of a static select), or a full state dict with a `type`."""
+    selected option of a static select), or a full state dict with a `type`.
+    A modal opened from a Slack Connect channel by the other side names that side's
+    team in `team` and `view.team_id`, and ours only in `view.app_installed_team_id`
+    (`installed_team_id`), as in bolt-python's tests/scenario_tests/test_view_submission.py."""
     state: dict[str, dict[str, Any]] = {}
     for block_id, actions in values.items():
         state[block_id] = {}
@@ -287,12 +297,12 @@ def view_submission_body(
     vid = view_id or f"V{next(_counter):08d}"
     payload = {
         "type": "view_submission",
-        "team": {"id": team_id, "domain": team_domain},
+        "team": _team(team_id, team_domain, enterprise_id),
         "user": {
             "id": user_id,
             "username": _username(user_id, user_name),
             "name": _username(user_id, user_name),
-            "team_id": team_id,
+            "team_id": user_team_id or team_id,
         },
         "api_app_id": api_app_id,
         "token": _VERIFICATION_TOKEN,
@@ -315,14 +325,25 @@ def view_submission_body(
             "root_view_id": vid,
             "app_id": api_app_id,
             "external_id": "",
-            "app_installed_team_id": team_id,
+            "app_installed_team_id": installed_team_id or team_id,
             "bot_id": "BBOT",
         },
         "response_urls": [],
         "is_enterprise_install": False,
-        "enterprise": None,
+        "enterprise": _enterprise(enterprise_id),
     }
     return _payload_form(payload)
+
+
+def _team(team_id: str, domain: str, enterprise_id: str | None) -> dict[str, Any]:
+    team: dict[str, Any] = {"id": team_id, "domain": domain}
+    if enterprise_id is not None:
+        team.update(enterprise_id=enterprise_id, enterprise_name="Fake Grid")
+    return team
+
+
+def _enterprise(enterprise_id: str | None) -> dict[str, Any] | None:
+    return {"id": enterprise_id, "name": "Fake Grid"} if enterprise_id is not None else None
 
 
 def _state_value(raw: Any) -> dict[str, Any]:

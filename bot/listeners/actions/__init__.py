@@ -14,14 +14,31 @@ def action_payload(body: dict, action: dict) -> dict:
     return {
         "action_id": str(action.get("action_id", ""))[:255],
         "value": str(action.get("value", ""))[:2000],
-        "user": (body.get("user") or {}).get("id", ""),
+        **actor_fields(body),
         "channel": channel,
         "channel_name": name if isinstance(name := channel_info.get("name"), str) else "",
-        "team": (body.get("team") or {}).get("id", "")
-        or (body.get("user") or {}).get("team_id", ""),
         "response_url": body.get("response_url"),
         "trigger_id": body.get("trigger_id"),
         "message_ts": container.get("message_ts") or (body.get("message") or {}).get("ts"),
+    }
+
+
+def actor_fields(body: dict) -> dict:
+    """Who acted, from an interactive payload (a button press or a modal submission),
+    with what the door needs to tell another organisation's user (SPEC 13.5): their own
+    ``user.team_id`` and the installing team the request came through (a modal opened
+    from a Slack Connect channel names the other side in ``team``; Slack then gives
+    ours as ``view.app_installed_team_id``)."""
+    user = body.get("user") or {}
+    team = body.get("team") or {}  # null for org-wide installs
+    view = body.get("view") or {}
+    home = view.get("app_installed_team_id") or team.get("id") or user.get("team_id") or ""
+    return {
+        "user": user.get("id", ""),
+        "team": team.get("id", "") or user.get("team_id", ""),
+        "user_team": user.get("team_id", ""),
+        "enterprise": (body.get("enterprise") or {}).get("id") or team.get("enterprise_id") or "",
+        "home_team": home,
     }
 
 

@@ -23,6 +23,11 @@ def command_payload(body: dict) -> dict:
         # A DM is told by its name as much as its id (bot/core/conversations.py).
         "channel_name": body.get("channel_name", ""),
         "team": body.get("team_id", ""),
+        # A command names only the user's own team (and Grid org): the door compares it
+        # with the installing team from auth.test (SPEC 13.5).
+        "user_team": body.get("team_id", ""),
+        "enterprise": body.get("enterprise_id", ""),
+        "home_team": body.get("team_id", ""),
         "response_url": body.get("response_url"),
         "trigger_id": body.get("trigger_id"),
     }
@@ -33,7 +38,8 @@ def register(app: App, services) -> None:
     def snapshot_command(ack: Ack, body: dict, context: BoltContext) -> None:
         payload = command_payload(body)
         parsed = cmd.parse(payload["text"])
-        if isinstance(parsed, cmd.Help | cmd.UsageError):
+        # Someone the door turns away is not answered here: the job is, at the door.
+        if isinstance(parsed, cmd.Help | cmd.UsageError) and services.turned_away(payload) is None:
             # Pure and instant: answered in the ack itself.
             problem = parsed.message if isinstance(parsed, cmd.UsageError) else None
             services.record(

@@ -5,6 +5,7 @@ from slack_bolt import Ack, App, BoltContext
 from bot.blocks import ids
 from bot.blocks import messages as msg
 from bot.core import commands as cmd
+from bot.listeners.actions import actor_fields
 from bot.services import Actor
 
 
@@ -17,15 +18,28 @@ def _value(state: dict, block: str, action: str) -> str:
 def register(app: App, services) -> None:
     @app.view(ids.CREATE_MODAL)
     def create_submitted(ack: Ack, body: dict, view: dict, context: BoltContext) -> None:
-        user = (body.get("user") or {}).get("id", "")
-        team = (body.get("team") or {}).get("id", "")
+        who = actor_fields(body)
         # A submission carries no response_url and nothing else of where the modal was
         # opened: that comes from the private_metadata snapbot sealed when it opened
         # the modal, and only if the seal holds for this user.
-        opener = services.opener_of(view.get("private_metadata", ""), user)
+        opener = services.opener_of(view.get("private_metadata", ""), who["user"])
+        where = who
+        if opener is not None:
+            where = {
+                **who,
+                "channel": opener.channel,
+                "channel_name": opener.channel_name,
+                "response_url": opener.response_url,
+            }
+        if services.turned_away(where) is not None:
+            # Someone the door turns away is told nothing about the form: the job is
+            # refused (and audited) at the door, like every other request.
+            services.accept("create_view", where, delivery_key=context.get("delivery_key"))
+            ack()
+            return
         if opener is None:
             services.record(
-                Actor(user=user, team=team),
+                Actor.from_payload(who),
                 "snapshot.create",
                 "denied",
                 detail="private_metadata not sealed by snapbot",
@@ -33,13 +47,6 @@ def register(app: App, services) -> None:
             )
             ack(response_action="errors", errors={ids.CREATE_SERVER_BLOCK: msg.FORM_NOT_VERIFIED})
             return
-        where = {
-            "user": user,
-            "team": team,
-            "channel": opener.channel,
-            "channel_name": opener.channel_name,
-            "response_url": opener.response_url,
-        }
         state = (view.get("state") or {}).get("values") or {}
         server = _value(state, ids.CREATE_SERVER_BLOCK, ids.CREATE_SERVER_ACTION)
         name = _value(state, ids.CREATE_NAME_BLOCK, ids.CREATE_NAME_ACTION)

@@ -1239,11 +1239,14 @@ class Services:
             ]
         self.outbox.flush(mids)
 
-    def _update_request_message(self, s, req: RestoreRequest, approvals) -> int | None:
-        payload = msg.restore_request(req, approvals, self.clock())
+    def _update_request_message(
+        self, s, req: RestoreRequest, approvals, *, ended: tuple[str, str] | None = None
+    ) -> int | None:
+        payload = msg.restore_request(req, approvals, self.clock(), ended=ended)
         # Edits are chained in the order of the request's states (each waits for the one
         # before it), so an older edit that Slack delayed or refused once never lands last.
-        key, after = request_edit_keys(req.id, req.state, len(approvals))
+        state = RESTORE_ENDED if ended is not None else req.state
+        key, after = request_edit_keys(req.id, state, len(approvals))
         if req.message_ts:
             return self.outbox.update(
                 s, req.channel, payload, ts=req.message_ts, key=key, after=after
@@ -1251,6 +1254,15 @@ class Services:
         return self.outbox.update(
             s, req.channel, payload, ts_from=request_key(req.id), key=key, after=after
         )
+
+    def show_restore_end(self, s, request_id: int, *, status: str, took: str) -> int | None:
+        """The request message shows how its restore ended (SPEC 13.9): the follow-up
+        (bot/watcher.py) saw the server leave ``restoring``, or gave up on it
+        (``status`` still ``restoring``). Queued in the follow-up's transaction."""
+        req, approvals = self._request_view(s, request_id)
+        if req is None or req.state != approval.State.SUCCEEDED:
+            return None
+        return self._update_request_message(s, req, approvals, ended=(status, took))
 
     def _refresh_request(self, request_id: int) -> None:
         with session_scope(self.engine) as s:
@@ -1507,6 +1519,10 @@ def request_key(request_id: int) -> str:
     return f"req:{request_id}:msg"
 
 
+# The last edit of a request message, after ``succeeded``: how the restore ended.
+RESTORE_ENDED = "ended"
+
+
 def request_edit_keys(request_id: int, state: str, approvals: int) -> tuple[str, str | None]:
     """(key, key of the edit before it) for an edit of the request message showing
     ``state`` with ``approvals`` approvals. States only move forward (core/approval.py),
@@ -1521,6 +1537,8 @@ def request_edit_keys(request_id: int, state: str, approvals: int) -> tuple[str,
         before = key(approval.State.PENDING, approvals - 1)
     elif state in (approval.State.REJECTED, approval.State.CANCELLED, approval.State.EXPIRED):
         before = key(approval.State.PENDING, approvals)
+    elif state == RESTORE_ENDED:  # how the started restore ended: after "restoring"
+        before = key(approval.State.SUCCEEDED, approvals)
     else:  # executing, succeeded, failed, interrupted: after the approval
         before = key(approval.State.APPROVED, approvals)
     return key(state, approvals), before

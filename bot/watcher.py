@@ -313,6 +313,10 @@ class Duties:
                     else f":warning: *{w.server_name}* is still restoring after {took}; check the provider."
                 )
                 mids = [
+                    # The request message itself shows the end, not only its thread.
+                    self.s.show_restore_end(s, w.request_id, status=status, took=took)
+                    if w.request_id
+                    else None,
                     self.s.outbox.post(
                         s,
                         w.channel,

@@ -187,6 +187,24 @@ def wait_message_shows(stack: LocalStack, message, needle: str, timeout: float =
     )
 
 
+def wait_edit_shows(stack: LocalStack, message, needle: str, timeout: float = 10.0) -> dict:
+    """The params of the first edit of the request message Slack accepted showing
+    ``needle``: a state the message passes through (the restore then ends, and the
+    message moves on to show that, SPEC 13.9)."""
+    return wait_until(
+        lambda: next(
+            (
+                c.params
+                for c in stack.slack.calls("chat.update")
+                if c.ok and c.params.get("ts") == message.ts and needle in str(c.params["blocks"])
+            ),
+            None,
+        ),
+        timeout,
+        what=f"an edit of the request message showing {needle!r}",
+    )
+
+
 def approve_body(stack: LocalStack, message, user: str) -> bytes:
     return button_press_body(
         message,
@@ -259,9 +277,9 @@ def test_two_approvals_needed_one_approver_clicking_twice_does_not_execute(start
     stack.user("UCAROL").press(current(stack, req), ids.APPROVE)
     wait_until(lambda: restore_calls(stack) == 1, what="the restore call")
     wait_until(lambda: state_of(stack, rid) == "succeeded", what="the request to succeed")
-    shown = wait_message_shows(stack, req, "the provider is restoring the server")
-    assert "<@UBOB>" in blocks_text(shown) and "<@UCAROL>" in blocks_text(shown)
-    assert not has_buttons(shown)
+    shown = wait_edit_shows(stack, req, "the provider is restoring the server")
+    assert "<@UBOB>" in str(shown["blocks"]) and "<@UCAROL>" in str(shown["blocks"])
+    assert not any(b.get("type") == "actions" for b in shown["blocks"])
     quiet(stack)
     assert restore_calls(stack) == 1
     outcomes = [(r.actor, r.detail) for r in audit(stack, "restore.approve")]
@@ -287,7 +305,7 @@ def test_an_edit_slack_delayed_never_puts_the_buttons_back_after_the_restore(sta
     quiet(stack)
     final = current(stack, req)
     assert not has_buttons(final), final.text
-    assert "Approved by <@UBOB>, <@UCAROL>; the provider is restoring" in blocks_text(final)
+    assert "Approved by <@UBOB>, <@UCAROL>;" in blocks_text(final)  # restoring, or finished
     assert restore_calls(stack) == 1
 
 
@@ -537,13 +555,16 @@ def test_approved_restore_is_shown_in_place_threaded_and_reported_to_the_inciden
     )
 
     stack.user("UBOB").press(req, ids.APPROVE)
-    shown = wait_message_shows(stack, req, "Approved by <@UBOB>; the provider is restoring")
-    assert not has_buttons(shown)
-    assert "Restore request #" in shown.text and "succeeded" in shown.text
+    shown = wait_edit_shows(stack, req, "Approved by <@UBOB>; the provider is restoring")
+    assert not any(b.get("type") == "actions" for b in shown["blocks"])
+    assert "Restore request #" in shown["text"] and "succeeded" in shown["text"]
     started = wait_thread(stack, req, "Restore started")
     assert "restored from snapshot" in started or "being restored" in started
     finished = wait_thread(stack, req, "has left `restoring`", timeout=10)
     assert "now `running`" in finished and "<@UALICE>" in finished
+    # The request message itself tells the end too (SPEC 13.9).
+    ended = wait_message_shows(stack, req, "the restore is finished")
+    assert "Approved by <@UBOB>" in blocks_text(ended) and "(finished)" in ended.text
 
     wait_incident(stack, f"Restore #{rid} of *web-server-01* approved by <@UBOB>", link_to=req)
     wait_incident(stack, f"Restore #{rid} started", link_to=req)

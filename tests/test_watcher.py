@@ -15,6 +15,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select, update
 
+from bot.blocks import ids
 from bot.blocks.format import size
 from bot.devtools.stack import LocalStack
 from bot.watcher import MAX_SKIP, PROVIDER_ALERT_AFTER, STUCK_AFTER
@@ -422,3 +423,96 @@ def test_a_stale_holder_cannot_report_a_watch_already_reported(sqlite_url):
         assert pending_messages(first) == 0
         (row,) = watches(first)
         assert row.final_status == "completed"
+
+
+# --- the request message tells how its restore ended (SPEC 13.9) -------------------------------
+
+
+def approved_restore(stack: LocalStack):
+    """A restore of snapshot 801 requested by UALICE, approved by UBOB and started at
+    the provider, every message delivered; (request message, restore watch)."""
+    assert stack.user("UALICE").command("restore 801 bad deploy").status_code == 200
+    request = wait_for_message(stack, "Restore request #")
+    wait_until(lambda: pending_messages(stack) == 0, what="the request message posted")
+    assert stack.user("UBOB").press(request, ids.APPROVE).status_code == 200
+    watch = wait_until(
+        lambda: next((w for w in watches(stack) if w.kind == "restore"), None),
+        what="the restore followed",
+    )
+    return request, watch
+
+
+def request_edits(stack: LocalStack, message) -> list[str]:
+    """What each chat.update Slack accepted for ``message`` showed, in order."""
+    return [
+        json.dumps(c.params.get("blocks"))
+        for c in stack.slack.calls("chat.update")
+        if c.ok and c.params.get("ts") == message.ts
+    ]
+
+
+@pytest.fixture
+def restoring_stack(sqlite_url):
+    """A stack whose restores last until a test moves the simulator's clock."""
+    s = LocalStack(
+        database_url=sqlite_url,
+        create_seconds=NEVER,
+        restore_seconds=NEVER,
+        poll_seconds=POLL,
+        start_duties=False,
+    ).start()
+    yield s
+    assert s.slack.invalid_payloads == []
+    s.stop()
+
+
+def test_the_request_message_itself_shows_the_restore_finished(restoring_stack):
+    stack = restoring_stack
+    request, _ = approved_restore(stack)
+    wait_until(lambda: pending_messages(stack) == 0, what="the started restore shown")
+    assert "the provider is restoring the server" in request_edits(stack, request)[-1]
+    stack.runtime.duties.cycle()  # still restoring: nothing changes
+    assert "the provider is restoring the server" in request_edits(stack, request)[-1]
+
+    stack.sim.state.advance(NEVER)
+    stack.runtime.duties.cycle()
+    wait_until(lambda: pending_messages(stack) == 0, what="the end shown")
+    last = request_edits(stack, request)[-1]
+    assert "the restore is finished" in last and "now `running`" in last, last
+    assert "<@UBOB>" in last and "provider is restoring" not in last
+    shown = fresh(stack, request)
+    assert "(finished)" in shown.text
+    assert not any(b.get("type") == "actions" for b in shown.blocks)
+
+
+def test_the_finished_edit_waits_for_a_delayed_earlier_edit_and_lands_last(restoring_stack):
+    stack = restoring_stack
+    # The "approved" edit is refused once (a Slack 500) and sent again later; the
+    # "restoring" edit waits for it, and both are still unsent when the restore ends.
+    stack.slack.fail_next("chat.update", 1, status=500)
+    request, _ = approved_restore(stack)
+    assert [c.status for c in stack.slack.calls("chat.update")] == [500]
+    assert request_edits(stack, request) == []  # neither has reached Slack yet
+    stack.sim.state.advance(NEVER)
+    stack.runtime.duties.cycle()
+    outbox = stack.services.outbox
+    wait_until(
+        lambda: outbox.pump() is not None and pending_messages(stack) == 0,
+        what="every edit sent",
+    )
+    edits = request_edits(stack, request)
+    assert "the restore is finished" in edits[-1], edits
+    assert any("the provider is restoring the server" in e for e in edits[:-1]), edits
+    assert "the restore is finished" in json.dumps(fresh(stack, request).blocks)
+
+
+def test_the_request_message_says_when_snapbot_gave_up_following_the_restore(restoring_stack):
+    stack = restoring_stack
+    request, watch = approved_restore(stack)
+    wait_until(lambda: pending_messages(stack) == 0, what="the started restore shown")
+    backdate(stack, watch.id, STUCK_AFTER + timedelta(minutes=1))
+    stack.runtime.duties.cycle()
+    wait_until(lambda: pending_messages(stack) == 0, what="the end shown")
+    last = request_edits(stack, request)[-1]
+    assert "still restoring after 2 h 1 min" in last and "stopped following" in last, last
+    assert "(still restoring)" in fresh(stack, request).text

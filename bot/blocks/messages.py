@@ -366,9 +366,23 @@ OUTCOME_LINES = {
 }
 
 
-def restore_request(req, approvals: Iterable[str], now: datetime) -> dict:
+# How a started restore ended, once the follow-up knows (SPEC 13.9): the server left
+# `restoring`, or snapbot gave up following it.
+END_LINES = {
+    "finished": ":white_check_mark: Approved by {who}; the restore is finished: the server "
+    "left `restoring` after {took} and is now `{status}`.",
+    "gave_up": ":warning: Approved by {who}; the server was still restoring after {took}, "
+    "so snapbot stopped following it: check the server at the provider.",
+}
+
+
+def restore_request(
+    req, approvals: Iterable[str], now: datetime, *, ended: tuple[str, str] | None = None
+) -> dict:
     """The request message in the channel; rebuilt from the stored request each time
-    it changes (chat.update), so it always shows the outcome and who decided."""
+    it changes (chat.update), so it always shows the outcome and who decided.
+    ``ended``: (the server's status, how long it took) once a started restore's
+    follow-up has ended; a status still `restoring` means snapbot gave up on it."""
     loss_since = req.snapshot_created_at
     lost = (
         f"everything written to *{escape(req.server_name)}* since {when(loss_since)}, "
@@ -390,6 +404,7 @@ def restore_request(req, approvals: Iterable[str], now: datetime) -> dict:
     )
     blocks: list[Block] = [_section(head), _section(body)]
     needed = req.required_approvals
+    state = req.state
     if req.state == "pending":
         got = ", ".join(mention(a) for a in approvals) or "none yet"
         blocks.append(
@@ -428,12 +443,19 @@ def restore_request(req, approvals: Iterable[str], now: datetime) -> dict:
             and approvals
             else mention(req.decided_by)
         )
-        line = OUTCOME_LINES.get(req.state, "{detail}").format(
-            who=who, detail=escape(req.outcome_detail) or req.state, expiry=when(req.expires_at)
-        )
+        if ended is not None:
+            status, took = ended
+            state = "gave_up" if status == "restoring" else "finished"
+            line = END_LINES[state].format(who=who, took=took, status=escape(status))
+        else:
+            line = OUTCOME_LINES.get(req.state, "{detail}").format(
+                who=who, detail=escape(req.outcome_detail) or req.state, expiry=when(req.expires_at)
+            )
         blocks.append(_section(line))
     return _payload(
-        f"Restore request #{req.id} ({req.state}): {req.server_name} from {req.snapshot_name}",
+        f"Restore request #{req.id} ({'still restoring' if state == 'gave_up' else state}): "
+        f"{req.server_name} from "
+        f"{req.snapshot_name}",
         blocks,
     )
 

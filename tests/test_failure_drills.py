@@ -465,7 +465,9 @@ SLACK_DRILLS = {
 def test_slack_failing_on_a_method_the_bot_uses_loses_nothing(slack_stack, method, status):
     wait_settled(slack_stack)
     failed_before = sum(1 for c in slack_stack.slack.calls(method) if c.status == status)
-    SLACK_DRILLS[method](slack_stack, status, f"{method.split('.')[-1]}{status}")
+    # Tags become parts of user IDs, which are U + upper-case letters and digits.
+    tag = f"{method.split('.')[-1].upper().replace('_', '')}{status}"
+    SLACK_DRILLS[method](slack_stack, status, tag)
     if method != "response_url":
         hit = sum(1 for c in slack_stack.slack.calls(method) if c.status == status)
         assert hit == failed_before + 1, f"the fault did not hit {method}"

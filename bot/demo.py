@@ -24,7 +24,7 @@ from typing import Any
 
 from bot.blocks import ids
 from bot.devtools.slack_signing import button_press_body
-from bot.devtools.stack import INCIDENT_CHANNEL, SIGNING_SECRET, LocalStack
+from bot.devtools.stack import INCIDENT_CHANNEL, SIGNING_SECRET, LocalStack, settings_from_env
 from bot.devtools.transcript import (
     Names,
     UserAction,
@@ -44,6 +44,7 @@ FINISH_TIMEOUT = 20.0  # a create or restore (3 s) plus a few polls
 
 OPS = "C1"
 ALICE, BOB = "U1", "U2"
+EXTRA_APPROVERS = [f"U{n}" for n in range(3, 3 + 10)]  # carol, dave, then nameless ones
 SNAPSHOT_ID = 801
 SERVER = "web-server-01"
 
@@ -54,9 +55,13 @@ class StepFailed(Exception):
 
 def local_stack() -> LocalStack:
     """The stack the demo and `snapbot shell` run: free loopback ports, a temporary
-    SQLite database, incidents reported to #incidents."""
+    SQLite database, incidents reported to #incidents; RESTORE_APPROVALS and
+    APPROVAL_TTL_MINUTES as configured (environment, then .env)."""
     return LocalStack(
-        create_seconds=CREATE_SECONDS, restore_seconds=RESTORE_SECONDS, poll_seconds=POLL_SECONDS
+        create_seconds=CREATE_SECONDS,
+        restore_seconds=RESTORE_SECONDS,
+        poll_seconds=POLL_SECONDS,
+        settings_overrides=settings_from_env(),
     )
 
 
@@ -274,7 +279,12 @@ def step_self_approval(story: Story, memo: Memo) -> str:
 
 
 def step_approve(story: Story, memo: Memo) -> str:
-    memo.bob_click = story.press(BOB, memo.request, ids.APPROVE)
+    # With RESTORE_APPROVALS above 1, carol (and dave …) approve before bob.
+    for user in EXTRA_APPROVERS[: story.stack.settings.restore_approvals - 1]:
+        story.press(user, story.now(memo.request), ids.APPROVE)
+        story.ephemeral(user, "more approval(s) needed")
+        expect(story.stack.restore_calls == 0, "a restore started before the last approval")
+    memo.bob_click = story.press(BOB, story.now(memo.request), ids.APPROVE)
     story.wait(lambda: story.stack.restore_calls >= 1, "restore call at the provider")
     story.reply(memo.request, "Restore started")
     story.wait(

@@ -10,13 +10,15 @@ from bot.shell import run_shell
 from tests.test_demo import clean_env
 
 
-def shell(tmp_path, *lines: str, user: str | None = None) -> subprocess.CompletedProcess:
+def shell(
+    tmp_path, *lines: str, user: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     argv = [sys.executable, "-m", "bot", "shell"] + (["--user", user] if user else [])
     return subprocess.run(
         argv,
         input="".join(line + "\n" for line in lines),
         cwd=tmp_path,
-        env=clean_env(),
+        env={**clean_env(), **(env or {})},
         capture_output=True,
         text=True,
         encoding="utf-8",
@@ -141,3 +143,67 @@ def test_buttons_not_yours_gone_or_declined_are_not_pressed_and_eof_leaves_clean
 def test_an_unknown_starting_user_is_refused_before_anything_starts(capsys):
     assert run_shell("not a user") == 2
     assert "--user must be a Slack user ID" in capsys.readouterr().out
+
+
+def test_restore_approvals_from_the_environment_needs_two_approvers_in_the_shell(tmp_path):
+    run = shell(
+        tmp_path,
+        "/snapshot restore 801 bad deploy",
+        "/as bob",
+        "/press 1",
+        "y",
+        "/snapshot pending",
+        "/as carol",
+        "/press 1",
+        "y",
+        "/wait 15",
+        "/snapshot audit 30",
+        "/quit",
+        env={"RESTORE_APPROVALS": "2"},
+    )
+    out = run.stdout
+    assert run.returncode == 0, f"stdout:\n{out}\nstderr:\n{run.stderr}"
+    assert not re.search(r"Traceback|\bERROR\b", run.stderr), run.stderr
+
+    requested = flat(after(out, "alice@#ops> /snapshot restore 801 bad deploy"))
+    assert "Needs 2 approval(s)" in requested and "[1 Approve] [2 Reject]" in requested
+
+    first = flat(after(out, "bob@#ops> /press 1"))
+    assert "1 more approval(s) needed" in first
+    assert "Restore started" not in first
+    assert "#1 pending" in flat(after(out, "bob@#ops> /snapshot pending"))
+
+    second = flat(after(out, "carol@#ops> /press 1"))
+    assert "Approved by @bob, @carol" in second
+    assert "Restore started" in second
+    audit = after(out, "carol@#ops> /snapshot audit 30")
+    assert audit.count("provider.restore") == 1
+    assert re.search(r"@bob restore\.approve `request:1` — record", audit), audit
+    assert re.search(r"@carol restore\.approve `request:1` — approve", audit), audit
+
+
+def test_approval_ttl_minutes_from_dot_env_lets_a_request_expire_in_the_shell(tmp_path):
+    (tmp_path / ".env").write_text("APPROVAL_TTL_MINUTES=0.05\n", encoding="utf-8")  # 3 s
+    run = shell(
+        tmp_path,
+        "/snapshot restore 801 bad deploy",
+        "/wait 10",
+        "/as bob",
+        "/press 1",
+        "/snapshot audit 10",
+        "/quit",
+    )
+    out = run.stdout
+    assert run.returncode == 0, f"stdout:\n{out}\nstderr:\n{run.stderr}"
+    assert "Expired: nobody decided" in flat(after(out, "alice@#ops> /wait 10"))
+    # The expired request has no buttons left to press.
+    assert "is no longer on that message" in after(out, "bob@#ops> /press 1")
+    audit = after(out, "bob@#ops> /snapshot audit 10")
+    assert "restore.expire" in audit and "provider.restore" not in audit
+
+
+def test_a_bad_restore_approvals_stops_the_shell_with_one_line_naming_it(tmp_path):
+    run = shell(tmp_path, "/quit", env={"RESTORE_APPROVALS": "two"})
+    assert run.returncode == 1
+    assert "RESTORE_APPROVALS must be a whole number" in run.stdout
+    assert "Traceback" not in run.stdout + run.stderr

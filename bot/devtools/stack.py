@@ -17,7 +17,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import httpx
 
-from bot.config import Settings
+from bot.config import Settings, load_settings
 from bot.devtools.fake_slack import FakeSlack
 from bot.devtools.slack_signing import (
     SlackClientSim,
@@ -43,6 +43,18 @@ BOT_TOKEN = "xoxb-local-bot-token-" + _SALT[24:40]
 VPS_TOKEN = "local-vps-token-" + _SALT[40:56]
 INCIDENT_CHANNEL = "CINCIDENT"
 RESTORE_CALL = "POST snapshots/{id}/restore/"  # the simulator's counter key
+
+
+# What `snapbot demo` and `snapbot shell` take from the environment and .env, read as
+# `serve` reads them: the approval rules, so that N-of-M approval and expiry can be
+# tried locally. Everything else about the stack is local by design.
+LOCAL_SETTINGS = ("restore_approvals", "approval_ttl_minutes")
+
+
+def settings_from_env(env_file: str | Path | None = ".env") -> dict:
+    """The LOCAL_SETTINGS as configured (ConfigError names a bad value)."""
+    configured = load_settings(env_file=env_file, require_slack=False)
+    return {name: getattr(configured, name) for name in LOCAL_SETTINGS}
 
 
 class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):

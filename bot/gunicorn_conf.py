@@ -4,11 +4,10 @@ import os
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '3000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-# Threads, so a slow client never blocks acks; the app itself never waits on the provider.
-worker_class = "gthread"
-# Acks only store a row (the job worker does the work), so a few threads keep the
-# cores busy; more only contend for the GIL and stretch the slowest acks.
-threads = int(os.environ.get("WEB_THREADS", "4"))
+# uvicorn event loops (bot/server.py): a connection holds a thread only once its whole
+# request is in, so slow or idle clients cannot starve the acks. The threads that run
+# the app are bot/web.py's (WEB_THREADS).
+worker_class = "bot.server.Worker"
 timeout = 30
 graceful_timeout = 25
 keepalive = 5

@@ -72,7 +72,7 @@ def problem(body: bytes, content_type: str | None) -> str | None:
             data = json.loads(payload)
         else:
             return None  # a form (slash command): every value is a string
-    except ValueError:
+    except (ValueError, RecursionError):  # (nesting deeper than the parser's stack)
         return "the JSON in the body does not parse"
     if not isinstance(data, dict):
         return "the payload is not a JSON object"
@@ -84,16 +84,18 @@ def problem(body: bytes, content_type: str | None) -> str | None:
         data.get("actions") and all(isinstance(a.get("action_id"), str) for a in data["actions"])
     ):
         return "a block_actions payload without actions, or an action without an action_id"
+    view = data.get("view")
     if kind in ("view_submission", "view_closed") and not (
-        isinstance(data.get("view"), dict) and isinstance(data["view"].get("callback_id"), str)
+        isinstance(view, dict)
+        # (Bolt reads view.type of every view_submission, for workflow steps)
+        and all(isinstance(view.get(key), str) for key in ("callback_id", "type"))
     ):
-        return f"a {kind} payload without a view callback_id"
+        return f"a {kind} payload without a view type and callback_id"
     url = data.get("response_url")
     if url and not url.startswith(("https://", "http://")):
         return "payload.response_url is not a URL"
     if data.get("is_ext_shared_channel") is True and not isinstance(data.get("event"), dict):
         return "a shared-channel payload without an event object"
-    view = data.get("view")
     if isinstance(view, dict):
         values = (view.get("state") or {}).get("values")
         if values is not None and not _is_state_values(values):

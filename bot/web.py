@@ -1,4 +1,9 @@
-"""The WSGI application gunicorn serves: POST /slack/events and GET /healthz.
+"""The application gunicorn serves: POST /slack/events and GET /healthz.
+
+``WebApp`` is a WSGI app (a plain WSGI server runs it in tests and tools); in the `web`
+process it sits behind ``AsgiFront`` on uvicorn's event loop (bot/server.py), which
+reads each whole request, within a deadline and a size cap, before a thread of its
+small pool runs it: a slow or idle client holds a socket, never a thread.
 
 No thread is started at import: gunicorn forks its workers, so each worker builds
 its own runtime in ``create_app()``. HTTP workers only acknowledge; the job worker
@@ -6,13 +11,16 @@ beside them (bot/worker.py) runs the jobs and the background duties."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import io
 import json
 import logging
 import os
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qsl
 
 from slack_bolt import BoltContext, BoltRequest, BoltResponse
@@ -30,6 +38,9 @@ from storage.db import check_database, session_scope, urgent_writes
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1 << 20  # Slack's payloads are far smaller; refuse anything huge unread
+# Slack sends its few kilobytes at once: a body still incomplete after this long (one
+# shorter than its Content-Length, or dripped) is answered 408 and its connection closed.
+BODY_TIMEOUT_S = 5.0
 
 
 class WebApp:
@@ -60,18 +71,20 @@ class WebApp:
             ):
                 # Bolt's verifier would raise on it; no signature can be valid anyway.
                 return _json(start_response, "401 Unauthorized", {"error": "invalid request"})
+            if not self.signed(environ, body) and not _is_ssl_check(body):
+                # Before any parsing: an unsigned body can be made costly to parse
+                # (deep JSON, a huge form), and Bolt would refuse it anyway.
+                return _json(start_response, "401 Unauthorized", {"error": "invalid request"})
             problem = request_guard.problem(body, environ.get("CONTENT_TYPE"))
             if problem is not None:
-                return self.refuse_malformed(environ, body, problem, start_response)
+                return self.refuse_malformed(problem, start_response)
             # The ack's writes (delivery key, job row) go before the job workers' own.
             with urgent_writes():
                 return self.slack(environ, start_response)
         return _json(start_response, "404 Not Found", {"error": "not found"})
 
-    def refuse_malformed(self, environ, body: bytes, problem: str, start_response):
-        """A body Slack would never send: 401 unless signed, else 400 (audited)."""
-        if not self.signed(environ, body):
-            return _json(start_response, "401 Unauthorized", {"error": "invalid request"})
+    def refuse_malformed(self, problem: str, start_response):
+        """A signed body Slack would never send: 400, audited."""
         log.warning("refused a signed but malformed request: %s", problem)
         try:
             self.runtime.services.record(None, "request.malformed", "denied", detail=problem)
@@ -135,6 +148,15 @@ class _FormAwareHandler(SlackRequestHandler):
         return self.app.dispatch(req)
 
 
+def _is_ssl_check(body: bytes) -> bool:
+    """Slack's certificate check, which Bolt answers without a signature (a short form)."""
+    return (
+        len(body) <= 1024
+        and b"ssl_check" in body
+        and (dict(parse_qsl(body.decode("latin-1"))).get("ssl_check") == "1")
+    )
+
+
 def _json(start_response, status: str, body: dict):
     data = json.dumps(body).encode()
     start_response(
@@ -143,10 +165,150 @@ def _json(start_response, status: str, body: dict):
     return [data]
 
 
+class _Refused(Exception):
+    def __init__(self, status: str, error: str) -> None:
+        super().__init__(error)
+        self.status, self.error = status, error
+
+
+class _Gone(Exception):
+    """The client hung up before its request was in."""
+
+
+class AsgiFront:
+    """ASGI in front of a WSGI app: the whole request is read on the event loop, and
+    only then does one of ``threads`` threads run the app. Acks store rows (SQLite,
+    psycopg: blocking calls), so they run on threads, never on the loop."""
+
+    def __init__(self, app, *, threads: int) -> None:
+        self.app = app
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="snapbot-web")
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            return await self._lifespan(receive, send)
+        if scope["type"] != "http":
+            return None  # (uvicorn refuses WebSocket upgrades before they get here)
+        try:
+            body = await self._body(scope, receive)
+        except _Refused as refused:
+            # The rest of the body is never read: the connection cannot carry on.
+            return await _send(
+                send, refused.status, [(b"connection", b"close")], {"error": refused.error}
+            )
+        except _Gone:
+            return None
+        environ = _environ(scope, body)
+        loop = asyncio.get_running_loop()
+        status, headers, data = await loop.run_in_executor(self.pool, self._run, environ)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": int(status.split(" ", 1)[0]),
+                "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+            }
+        )
+        await send({"type": "http.response.body", "body": data})
+        return None
+
+    async def _body(self, scope, receive) -> bytes:
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if declared is not None and int(declared) > MAX_BODY_BYTES:  # (h11 checked it is a number)
+            raise _Refused("413 Content Too Large", "body too large")
+        body = bytearray()
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT_S):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise _Gone
+                    body += message.get("body", b"")
+                    if len(body) > MAX_BODY_BYTES:  # (chunked: no Content-Length to go by)
+                        raise _Refused("413 Content Too Large", "body too large")
+                    if not message.get("more_body"):
+                        return bytes(body)
+        except TimeoutError:
+            raise _Refused("408 Request Timeout", "the body came too slowly") from None
+
+    def _run(self, environ) -> tuple[str, list[tuple[str, str]], bytes]:
+        answer: list = []
+
+        def start_response(status, headers, exc_info=None):
+            answer[:] = [status, headers]
+
+        try:
+            chunks = self.app(environ, start_response)
+            try:
+                data = b"".join(chunks)
+            finally:
+                if hasattr(chunks, "close"):
+                    chunks.close()
+        except Exception:
+            log.exception("the web app failed on a request")
+            data = json.dumps({"error": "internal error"}).encode()
+            return "500 Internal Server Error", [("Content-Type", "application/json")], data
+        return answer[0], answer[1], data
+
+    async def _lifespan(self, receive, send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                # uvicorn has answered every request by now; nothing is left to run.
+                self.pool.shutdown(wait=True)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def _environ(scope, body: bytes) -> dict:
+    server = scope.get("server") or ("localhost", 80)
+    environ = {
+        "REQUEST_METHOD": scope["method"],
+        "SCRIPT_NAME": "",
+        "PATH_INFO": scope["path"],
+        "QUERY_STRING": scope["query_string"].decode("latin-1"),
+        "SERVER_NAME": str(server[0]),
+        "SERVER_PORT": str(server[1]),
+        "SERVER_PROTOCOL": f"HTTP/{scope['http_version']}",
+        "CONTENT_LENGTH": str(len(body)),
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": scope["scheme"],
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+    }
+    for raw_name, raw_value in scope["headers"]:
+        name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
+        if name == "content-length":
+            continue
+        key = "CONTENT_TYPE" if name == "content-type" else "HTTP_" + name.upper().replace("-", "_")
+        environ[key] = f"{environ[key]},{value}" if key in environ else value
+    return environ
+
+
+async def _send(send, status: str, headers: list, body: dict) -> None:
+    data = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": int(status.split(" ", 1)[0]),
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
+
+
 _current: WebApp | None = None
 
 
-def create_app() -> WebApp:
+def create_app() -> AsgiFront:
     """gunicorn's app factory (``bot.web:create_app()``), called in each worker."""
     global _current
     settings = load_or_exit()
@@ -154,7 +316,9 @@ def create_app() -> WebApp:
     # An HTTP worker only acknowledges: the job worker beside it (bot/worker.py, started
     # by gunicorn's master) runs the jobs and the background duties.
     _current = WebApp(build_runtime(settings, runs_jobs=False, start_duties=False))
-    return _current
+    # Acks only store a row (the job worker does the work), so a few threads keep the
+    # cores busy; more only contend for the GIL and stretch the slowest acks.
+    return AsgiFront(_current, threads=int(os.environ.get("WEB_THREADS", "4")))
 
 
 def shutdown_current() -> None:

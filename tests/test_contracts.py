@@ -293,7 +293,8 @@ def test_the_procfile_web_line_runs_gunicorn_with_the_config_and_the_app_factory
     import bot.web
 
     assert callable(bot.web.create_app)
-    # The config binds to $HOST:$PORT and serves threads (not Bolt's development server).
+    # The config binds to $HOST:$PORT and serves event loops that buffer each request
+    # before a thread runs it (bot/server.py; not Bolt's development server).
     monkeypatch.setenv("PORT", "4321")
     monkeypatch.setenv("HOST", "127.0.0.1")
     import importlib
@@ -301,7 +302,7 @@ def test_the_procfile_web_line_runs_gunicorn_with_the_config_and_the_app_factory
     conf = importlib.reload(gunicorn_conf)
     try:
         assert conf.bind == "127.0.0.1:4321"
-        assert conf.worker_class == "gthread" and conf.threads >= 4
+        assert conf.worker_class == "bot.server.Worker"
         assert conf.preload_app is False  # each worker builds its own runtime and watcher
     finally:
         monkeypatch.undo()

@@ -386,3 +386,18 @@ def test_the_web_process_runs_jobs_in_a_job_worker_it_restarts_and_stops(tmp_pat
     assert code == 0, proc.log()[-3000:]
     assert second is not None and not Path(f"/proc/{second}").exists()  # no orphan
     assert "Traceback" not in proc.log(), proc.log()[-3000:]
+
+
+def test_an_unsigned_body_is_refused_before_it_is_parsed(stack, monkeypatch):
+    """Deep JSON or a huge form costs nothing unsigned: it is refused on the signature."""
+    from bot import request_guard
+
+    def parse(*_):
+        raise AssertionError("an unsigned body was parsed")
+
+    monkeypatch.setattr(request_guard, "problem", parse)
+    deep = b'{"payload": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    huge_form = b"&".join(b"k%d=v" % i for i in range(100_000))
+    for body in (deep, huge_form):
+        headers = {**sign(SECRET, body), "X-Slack-Signature": "v0=" + "0" * 64}
+        assert httpx.post(stack.url, content=body, headers=headers).status_code == 401

@@ -27,7 +27,10 @@ from bot.config import Settings
 
 log = logging.getLogger(__name__)
 
-JOB_THREADS = 32  # they mostly wait on the provider, so many more than the cores
+# They mostly wait on the provider, so many more than the cores: enough that a burst
+# of commands (bench/ack_latency.py: 50 at once) all start and share provider calls
+# at once, rather than the last of them waiting for a thread behind the first.
+JOB_THREADS = 64
 NICE = 10  # below the HTTP workers: acks first, answers with what CPU is left
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 STABLE_AFTER_S = 60.0  # a worker that lived this long starts the backoff afresh

@@ -36,7 +36,7 @@ def gathered(co: Coalescer, key, n: int) -> bool:
 
 
 def test_callers_during_a_call_share_the_next_one_and_get_a_fresher_answer():
-    co, gate = Coalescer(), Gate()
+    co, gate = Coalescer(spacing=60), Gate()  # the next call waits for call 1 to end
     with ThreadPoolExecutor(21) as pool:
         first = pool.submit(co.run, "k", gate)
         wait_until(lambda: gate.started == 1, what="the first call to start")
@@ -47,6 +47,43 @@ def test_callers_during_a_call_share_the_next_one_and_get_a_fresher_answer():
         # Everyone who arrived while call 1 ran gets call 2, begun after they asked.
         assert [f.result(10) for f in later] == [2] * 20
     assert co.calls == 2 == gate.started
+
+
+def test_the_next_call_begins_while_one_is_in_flight_once_that_is_spacing_old():
+    now = [1000.0]
+    co = Coalescer(clock=lambda: now[0], spacing=0.5)
+    gate = Gate()
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(co.run, "k", gate)
+        wait_until(lambda: gate.started == 1, what="the first call to start")
+        now[0] = 1000.1  # asked after call 1 began: call 1 is too old for it
+        second = pool.submit(co.run, "k", gate)
+        wait_until(lambda: gathered(co, "k", 1), what="the caller to wait for a next call")
+        now[0] = 1000.6  # call 1 is now spacing old (the waiting leader wakes within it)
+        wait_until(lambda: gate.started == 2, what="call 2 to begin while call 1 is held")
+        assert not first.done()
+        gate.release.set()
+        assert (first.result(10), second.result(10)) == (1, 2)
+
+
+def test_no_more_than_max_in_flight_calls_run_and_the_next_begins_when_one_ends():
+    now = [1000.0]
+    co = Coalescer(clock=lambda: now[0], spacing=0, max_in_flight=2)
+    gate = Gate()
+    with ThreadPoolExecutor(3) as pool:
+        held = [pool.submit(co.run, "k", gate)]
+        wait_until(lambda: gate.started == 1, what="call 1")
+        now[0] = 1001.0  # each caller asks after the calls in flight began
+        held.append(pool.submit(co.run, "k", gate))
+        wait_until(lambda: gate.started == 2, what="call 2, beside call 1")
+        now[0] = 1002.0
+        third = pool.submit(co.run, "k", gate)
+        wait_until(lambda: gathered(co, "k", 1), what="a third caller")
+        assert gate.started == 2  # two in flight: the third waits
+        gate.release.set()
+        assert sorted(f.result(10) for f in held) == [1, 2]
+        assert third.result(10) == 3
+    assert co.calls == 3
 
 
 def test_a_caller_may_take_the_last_answer_when_it_began_after_its_not_before():
@@ -76,7 +113,7 @@ def test_keys_do_not_share():
 
 
 def test_a_failed_call_fails_every_caller_that_shared_it_and_is_not_kept():
-    co = Coalescer()
+    co = Coalescer(spacing=60)
     release, started = threading.Event(), threading.Event()
 
     def failing():

@@ -22,7 +22,8 @@ response_url posts), which does depend on the provider. The machine's load avera
 shared 2-core machine, other processes' CPU shows up in these figures.
 
 Target: ack p99 <= 100 ms on a 2-core machine, whatever the provider latency. For a
-burst (SPEC 14, the normal load): `--requests 50 --clients 50 --latencies 2`, ack p99
+burst (SPEC 14, the normal load): `--requests 50 --clients 50 --latencies 2` (and
+`--ramp 0.5`, the burst spread over half a second, as people are), ack p99
 <= 50 ms and every user answered within the provider's latency + 1 s (concurrent lists
 share provider calls: bot/vps/coalesce.py).
 
@@ -136,6 +137,7 @@ def run_phase(
     requests: int,
     clients: int,
     processes: int = 1,
+    ramp: float = 0.0,
 ) -> tuple[list[float], list[str], float, dict[str, float]]:
     """Send `requests` signed commands from `clients` concurrent clients, spread over
     `processes` client processes (one Python process alone would measure its own GIL);
@@ -146,12 +148,14 @@ def run_phase(
     threads = [len(range(clients)[p::processes]) for p in range(processes)]
     start_at = time.time() + 0.5
     if processes == 1:
-        parts = [_client_process(url, sink_url, phase, shares[0], threads[0], start_at)]
+        parts = [_client_process(url, sink_url, phase, shares[0], threads[0], start_at, ramp)]
     else:
         ctx = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(processes, mp_context=ctx) as pool:
             futures = [
-                pool.submit(_client_process, url, sink_url, phase, shares[p], threads[p], start_at)
+                pool.submit(
+                    _client_process, url, sink_url, phase, shares[p], threads[p], start_at, ramp
+                )
                 for p in range(processes)
             ]
             parts = [f.result() for f in futures]
@@ -163,7 +167,13 @@ def run_phase(
 
 
 def _client_process(
-    url: str, sink_url: str, phase: str, indexes: list[int], clients: int, start_at: float
+    url: str,
+    sink_url: str,
+    phase: str,
+    indexes: list[int],
+    clients: int,
+    start_at: float,
+    ramp: float = 0.0,
 ) -> tuple[list[float], list[str], dict[str, float], float]:
     bodies = {
         i: slash_command_body(
@@ -182,12 +192,13 @@ def _client_process(
 
     target = urlsplit(url)
 
-    def client() -> None:
+    def client(n: int) -> None:
         # http.client, not httpx: a load generator should cost the 2 shared cores as
         # little as it can (httpx spends several times the CPU per request), or the
         # figures measure the client rather than the server.
         http = HTTPConnection(target.hostname, target.port, timeout=30)
-        while time.time() < start_at:  # all processes start together
+        # All processes start together; with a ramp, the clients one after another.
+        while time.time() < start_at + ramp * n / clients:
             time.sleep(0.001)
         while True:
             with lock:
@@ -210,7 +221,9 @@ def _client_process(
                 sent_at[f"{phase}-{i}"] = at
                 (latencies.append(took) if status == 200 else errors.append(str(status)))
 
-    workers = [threading.Thread(target=client, name=f"bench-{n}") for n in range(clients)]
+    workers = [
+        threading.Thread(target=client, args=(n,), name=f"bench-{n}") for n in range(clients)
+    ]
     for t in workers:
         t.start()
     for t in workers:
@@ -245,6 +258,12 @@ def main() -> int:
         type=int,
         default=4,
         help="processes the clients are spread over (1: all threads of this process)",
+    )
+    parser.add_argument(
+        "--ramp",
+        type=float,
+        default=0.0,
+        help="seconds over which the clients start (a burst of people is not one instant)",
     )
     parser.add_argument("--database-url", help="default: a SQLite file in a temporary directory")
     parser.add_argument(
@@ -305,6 +324,7 @@ def main() -> int:
                 requests=args.requests,
                 clients=args.clients,
                 processes=args.client_processes,
+                ramp=args.ramp,
             )
             load = os.getloadavg()[0]
             answers = "(not waited for)"

@@ -26,9 +26,10 @@ from bot.config import Settings
 HEADERS_TIMEOUT_S = 5.0
 
 
-class _DeadlineH11Protocol(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol, plus a deadline for each request's headers: uvicorn
-    itself waits for them forever (its keep-alive timer ends at the first byte)."""
+class _DeadlineProtocol(H11Protocol):
+    """uvicorn's h11 protocol (it refuses headers over 16 KB: 400), plus a deadline for
+    each request's headers: uvicorn itself waits for them forever (its keep-alive timer
+    ends at the first byte)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -60,7 +61,12 @@ class Worker(UvicornWorker):
     """gunicorn's worker class for the `web` process (bot/gunicorn_conf.py)."""
 
     # The standard-library loop: psycopg and SQLite run on the front's threads, not on it.
-    CONFIG_KWARGS = {"loop": "asyncio", "http": _DeadlineH11Protocol, "lifespan": "on"}
+    CONFIG_KWARGS = {
+        "loop": "asyncio",
+        "http": _DeadlineProtocol,
+        "lifespan": "on",
+        "access_log": False,  # (as gunicorn's `accesslog = None`: a line per ack costs CPU)
+    }
 
 
 class _Server(BaseApplication):

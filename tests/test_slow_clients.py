@@ -185,3 +185,39 @@ def test_no_hostile_body_gets_a_5xx_signed_or_not(web):
                 assert response.status_code < 500, (body[:40], response.status_code)
                 if "X-Slack-Signature" not in headers:
                     assert response.status_code == 401
+
+
+def test_sigterm_with_hostile_connections_open_stops_the_web_process_cleanly(tmp_path):
+    sim = start_simulator(token=VPS_TOKEN)
+    fake = FakeSlack().start()
+    proc = start_web(
+        {
+            "SLACK_BOT_TOKEN": "xoxb-slow-clients",
+            "SLACK_SIGNING_SECRET": SECRET,
+            "SLACK_API_URL": fake.api_url,
+            "VPS_API_URL": sim.url,
+            "VPS_API_TOKEN": VPS_TOKEN,
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'sigterm.db'}",
+            "LOG_LEVEL": "WARNING",
+        },
+        tmp_path,
+        workers=2,
+    )
+    stop = threading.Event()
+    port = int(proc.url.rsplit(":", 1)[1])
+    crowd = [Attacker(kind, port, stop) for kind in ("slowloris", "idle", "short") * 4]
+    try:
+        for a in crowd:
+            a.start()
+        wait_until(lambda: all(a.opened for a in crowd), timeout=HANG_GUARD_S, what="the attack")
+        # Hostile connections do not hold the shutdown up past gunicorn's grace period.
+        code = proc.terminate(timeout=HANG_GUARD_S)
+    finally:
+        stop.set()
+        for a in crowd:
+            a.join(10)
+        proc.kill9()
+        sim.stop()
+        fake.stop()
+    assert code == 0, proc.log()[-3000:]
+    assert "Traceback" not in proc.log(), proc.log()[-3000:]

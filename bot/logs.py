@@ -26,6 +26,11 @@ _SECRET_PATTERNS = [
     # token, and the response_url, which lets anyone answer the user for 30 minutes.
     re.compile(r"((?<![\w.-])(?:token|response_url)=)[^&\s'\",]+"),
     re.compile(r"(['\"](?:token|response_url)['\"]\s*:\s*['\"])[^'\"]+"),
+    # A response_url itself, wherever it appears: Slack's hooks hosts, and the URL that
+    # slack_sdk's WebhookClient logs at DEBUG ("Sending a request - url: ...") whatever
+    # its host (local stand-ins included). Web API URLs (…/api/method) are not secret.
+    re.compile(r"(https://hooks\.slack(?:-gov)?\.com/)[^\s'\",]+"),
+    re.compile(r"(\burl: )(?![^\s,]*/api/)[^\s,]+"),
 ]
 _extra_secrets: list[str] = []
 _BARE = re.compile(r"[A-Za-z0-9_.:/@+#,-]+")

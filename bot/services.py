@@ -28,7 +28,7 @@ from sqlalchemy import Engine
 
 from bot.blocks import ids
 from bot.blocks import messages as msg
-from bot.blocks.format import age, mention, when
+from bot.blocks.format import age, mention
 from bot.config import Settings
 from bot.core import approval, authz, conversations, view_metadata
 from bot.core import commands as cmd
@@ -276,14 +276,11 @@ class Services:
             )
         self.outbox.flush([mid])
 
-    def notify_incident(
-        self, session, text: str, *, link: str | None = None, key: str | None = None
-    ) -> int | None:
+    def notify_incident(self, session, notice: dict, *, key: str | None = None) -> int | None:
+        """Post a notice built in bot/blocks/messages.py to the incident channel, if any."""
         if not self.settings.incident_channel:
             return None
-        return self.outbox.post(
-            session, self.settings.incident_channel, msg.incident_notice(text, link), key=key
-        )
+        return self.outbox.post(session, self.settings.incident_channel, notice, key=key)
 
     def permalink(self, channel: str, ts: str | None) -> str | None:
         if not ts:
@@ -318,7 +315,7 @@ class Services:
             "denied",
             target=target,
             detail="not an operator",
-            answer=msg.error_message(str(err) + self.groups.unread_note(allowed)),
+            answer=msg.error_mrkdwn(str(err) + self.groups.unread_note(allowed)),
         )
 
     def _refused_in_dm(self, actor: Actor, action: str, what: str, *, target: str = "") -> bool:
@@ -511,7 +508,7 @@ class Services:
                 detail=str(exc)[:200],
                 answer=msg.error_message(
                     "Slack did not open the form in time. Use "
-                    "`/snapshot create &lt;server&gt; &lt;name&gt; [description]` instead."
+                    "`/snapshot create <server> <name> [description]` instead."
                 ),
             )
             return
@@ -636,7 +633,7 @@ class Services:
                 "error",
                 target=target,
                 detail=delivery.error,
-                answer=msg.error_message(msg.cannot_post(delivery.error, actor.channel)),
+                answer=msg.error_mrkdwn(msg.cannot_post(delivery.error, actor.channel)),
             )
             return
         ctx.save(
@@ -1030,7 +1027,7 @@ class Services:
                     response_url=actor.response_url,
                     channel=actor.channel,
                     user=actor.user,
-                    message=msg.error_message(msg.cannot_post(delivery.error, actor.channel)),
+                    message=msg.error_mrkdwn(msg.cannot_post(delivery.error, actor.channel)),
                 )
             self.outbox.flush([mid])
             return
@@ -1041,10 +1038,7 @@ class Services:
                 repo.set_request_message(s, request_id=req.id, channel=actor.channel, ts=ts)
             mid = self.notify_incident(
                 s,
-                f":rotating_light: Restore requested: {mention(actor.user)} wants to restore "
-                f"*{req.server_name}* from *{req.snapshot_name}* (request #{req.id}, taken "
-                f"{when(req.snapshot_created_at)}). Reason: {reason or 'none given'}.",
-                link=link,
+                msg.request_opened_notice(req, reason, link),
                 key=f"incident:req:{req.id}:opened",
             )
         self.outbox.flush([mid])
@@ -1148,9 +1142,7 @@ class Services:
                     self._update_request_message(s, req, approvals),
                     self.notify_incident(
                         s,
-                        f":white_check_mark: Restore #{req.id} of *{req.server_name}* approved "
-                        f"by {', '.join(mention(a) for a in sorted(approvals))}.",
-                        link=link,
+                        msg.request_approved_notice(req, approvals, link),
                         key=f"incident:req:{req.id}:approved",
                     ),
                 ]
@@ -1225,15 +1217,13 @@ class Services:
                 self.outbox.post(
                     s,
                     req.channel,
-                    msg.thread_note(f"Restore request {word}: {mention(actor.user)}."),
+                    msg.request_decided_note(word, actor.user),
                     thread_from=request_key(req.id),
                     key=f"req:{req.id}:thread:{req.state}",
                 ),
                 self.notify_incident(
                     s,
-                    f":no_entry_sign: Restore #{req.id} of *{req.server_name}* {word} by "
-                    f"{mention(actor.user)}.",
-                    link=link,
+                    msg.request_decided_notice(req, word, actor.user, link),
                     key=f"incident:req:{req.id}:{req.state}",
                 ),
             ]
@@ -1381,30 +1371,19 @@ class Services:
                 return
             req, approvals = self._request_view(s, req.id)
             ok = to_state == approval.State.SUCCEEDED
-            thread = (
-                f":arrows_counterclockwise: Restore started: {detail}"
-                if ok
-                else f":x: Restore {to_state}: {detail}"
-            )
             server_state = None
             mids = [
                 self._update_request_message(s, req, approvals),
                 self.outbox.post(
                     s,
                     req.channel,
-                    msg.thread_note(thread),
+                    msg.restore_outcome_note(to_state, detail),
                     thread_from=request_key(req.id),
                     key=f"req:{req.id}:thread:{to_state}",
                 ),
                 self.notify_incident(
                     s,
-                    (
-                        f":arrows_counterclockwise: Restore #{req.id} started: *{req.server_name}* is being restored "
-                        f"from *{req.snapshot_name}*."
-                        if ok
-                        else f":x: Restore #{req.id} of *{req.server_name}* {to_state}: {detail}"
-                    ),
-                    link=link,
+                    msg.restore_outcome_notice(req, to_state, detail, link),
                     key=f"incident:req:{req.id}:{to_state}",
                 ),
             ]
@@ -1418,10 +1397,7 @@ class Services:
                     mid = self.outbox.post(
                         s,
                         req.channel,
-                        msg.thread_note(
-                            f"{RESTORE_USUALLY} The provider does not report server status, so snapbot cannot say "
-                            "when it is done; check the server."
-                        ),
+                        msg.restore_unfollowed_note(RESTORE_USUALLY),
                         thread_from=request_key(req.id),
                         key=f"req:{req.id}:thread:no-follow",
                     )
@@ -1495,10 +1471,7 @@ class Services:
         with session_scope(self.engine) as s:
             count, head = repo.audit_head(s)
             mid = self.notify_incident(
-                s,
-                f":lock: Audit checkpoint ({reason}): `{count}:{head}` — verify with "
-                f"`snapbot audit verify --checkpoint {count}:{head}`",
-                key=f"checkpoint:{count}:{head[:16]}",
+                s, msg.checkpoint_notice(reason, count, head), key=f"checkpoint:{count}:{head[:16]}"
             )
         self.outbox.flush([mid])
 

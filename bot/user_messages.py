@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from bot.core.errors import SnapbotError
-from bot.vps.errors import VpsAuthError, VpsBadRequest, VpsNotFound, VpsUnavailable
+from bot.vps.errors import (
+    VpsAuthError,
+    VpsBadRequest,
+    VpsInconsistent,
+    VpsNotFound,
+    VpsUnavailable,
+)
 
 INTERNAL = "Something went wrong inside snapbot; the error was logged and nothing more was done."
 
@@ -16,6 +22,8 @@ def describe(exc: BaseException) -> str:
         return f"{kind.capitalize()} {getattr(exc, 'ident', '')} does not exist."
     if isinstance(exc, VpsBadRequest):
         return f"The provider refused: {exc.reason}"
+    if isinstance(exc, VpsInconsistent):
+        return str(exc)
     if isinstance(exc, VpsUnavailable):
         if getattr(exc, "nothing_changed", True):
             return "The provider is unreachable or failing right now; nothing was changed. Try again shortly."

@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 from bot.blocks import messages as msg
-from bot.blocks.format import mention, span
+from bot.blocks.format import span
 from bot.core import approval
 from bot.services import Actor, Services, progress_key, request_key
 from bot.user_messages import describe
@@ -142,19 +142,13 @@ class Duties:
                     self.s.outbox.post(
                         s,
                         req.channel,
-                        msg.thread_note(
-                            f":hourglass: Request expired: nobody approved it within "
-                            f"{span(req.expires_at - req.created_at)}. {mention(req.requester)}, open a new one if "
-                            "the restore is still needed."
-                        ),
+                        msg.request_expired_note(req),
                         thread_from=request_key(req.id),
                         key=f"req:{req.id}:thread:expired",
                     ),
                     self.s.notify_incident(
                         s,
-                        f":hourglass: Restore request #{req.id} of *{req.server_name}* expired "
-                        "undecided.",
-                        link=link,
+                        msg.request_expired_notice(req, link),
                         key=f"incident:req:{req.id}:expired",
                     ),
                 ]
@@ -280,9 +274,7 @@ class Duties:
             if status != "completed":
                 mids.append(
                     self.s.notify_incident(
-                        s,
-                        f":x: Snapshot *{w.snapshot_name}* of *{w.server_name}* ended as {status}.",
-                        key=f"incident:watch:{w.id}",
+                        s, msg.snapshot_ended_notice(w, status), key=f"incident:watch:{w.id}"
                     )
                 )
         (send or self.s.outbox.flush)(mids)
@@ -306,12 +298,6 @@ class Duties:
                 if not repo.finish_watch(s, watch_id=w.id, final_status=status, now=now):
                     continue
                 took = span(now - w.started_at)
-                text = (
-                    f":white_check_mark: {mention(w.requester)} *{w.server_name}* has left `restoring` "
-                    f"(now `{status}`) after {took}: the restore from *{w.snapshot_name}* is finished."
-                    if status != "restoring"
-                    else f":warning: *{w.server_name}* is still restoring after {took}; check the provider."
-                )
                 mids = [
                     # The request message itself shows the end, not only its thread.
                     self.s.show_restore_end(s, w.request_id, status=status, took=took)
@@ -320,18 +306,13 @@ class Duties:
                     self.s.outbox.post(
                         s,
                         w.channel,
-                        msg.thread_note(text),
+                        msg.restore_finished_note(w, status, took),
                         thread_from=w.parent_ts,
                         key=f"watch:{w.id}:reply",
                     ),
                     self.s.notify_incident(
                         s,
-                        f":white_check_mark: Restore #{w.request_id} of *{w.server_name}* "
-                        f"finished: the server is `{status}`."
-                        if status != "restoring"
-                        else f":warning: Restore #{w.request_id} of *{w.server_name}* is still "
-                        f"restoring after {took}; snapbot stops following it.",
-                        link=link,
+                        msg.restore_finished_notice(w, status, took, link),
                         key=f"incident:watch:{w.id}",
                     ),
                 ]
@@ -351,20 +332,14 @@ class Duties:
         log.warning("provider poll failed (%s in a row): %s", self.provider_failures, exc)
         if self.provider_failures == PROVIDER_ALERT_AFTER:
             with session_scope(self.s.engine) as s:
-                mid = self.s.notify_incident(
-                    s,
-                    f":warning: snapbot cannot reach the provider ({describe(exc)}); snapshot updates are "
-                    "delayed until it answers again.",
-                )
+                mid = self.s.notify_incident(s, msg.provider_down_notice(describe(exc)))
                 self.s.audit(s, None, "provider.list", "error", detail=describe(exc))
             self.s.outbox.flush([mid])
 
     def _provider_recovered(self) -> None:
         if self.provider_failures >= PROVIDER_ALERT_AFTER:
             with session_scope(self.s.engine) as s:
-                mid = self.s.notify_incident(
-                    s, ":white_check_mark: The provider answers again; updates resume."
-                )
+                mid = self.s.notify_incident(s, msg.provider_back_notice())
             self.s.outbox.flush([mid])
         self.provider_failures = 0
         self._skip = 0

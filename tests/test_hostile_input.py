@@ -41,6 +41,7 @@ from bot.devtools.slack_signing import (
     view_submission_body,
 )
 from bot.devtools.stack import SIGNING_SECRET, LocalStack
+from bot.listeners import inbound
 from storage import repositories as repo
 from storage.db import session_scope
 from tests.conftest import wait_until
@@ -295,9 +296,13 @@ def _scalar(stack: LocalStack, sql: str) -> int:
 
 def test_ten_thousand_hostile_commands_are_all_answered_and_change_nothing(stack):
     texts = corpus(COMMANDS)
-    parsed = [cmd.parse(t) for t in texts]
-    refused = [i for i, p in enumerate(parsed) if isinstance(p, cmd.UsageError | cmd.Help)]
-    worked = [i for i, p in enumerate(parsed) if not isinstance(p, cmd.UsageError | cmd.Help)]
+    # The app parses the text as typed (Slack's escaping undone) and refuses control
+    # characters before parsing (SPEC §14.8): both answered in the ack.
+    parsed = [cmd.parse(inbound.typed(t)) for t in texts]
+    controlled = {i for i, t in enumerate(texts) if inbound.controls_in({"text": t})}
+    usage = {i for i, p in enumerate(parsed) if isinstance(p, cmd.UsageError | cmd.Help)}
+    refused = sorted(controlled | usage)
+    worked = [i for i in range(len(texts)) if i not in controlled and i not in usage]
     kinds = Counter(type(p).__name__ for p in parsed)
     assert len(refused) > COMMANDS * 0.8 and len(worked) > 50, kinds  # the corpus is hostile
     fake = stack.slack
@@ -336,7 +341,8 @@ def test_ten_thousand_hostile_commands_are_all_answered_and_change_nothing(stack
     assert all(r[0] == 200 for r in results.values())
     for i in refused:
         _, ctype, content, _ = results[i]
-        assert "json" in ctype and "Usage" in json.loads(content)["text"], texts[i][:80]
+        expected = "control characters" if i in controlled else "Usage"
+        assert "json" in ctype and expected in json.loads(content)["text"], texts[i][:80]
 
     # Every accepted command ends with an answer to its user: a response_url post, or
     # (the bare `create`) the form it opened or a word on why it could not.

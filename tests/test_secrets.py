@@ -385,3 +385,32 @@ def test_event_lines_are_key_value_pairs_with_the_ids_spelled_out():
     assert event_line("snapshot.list", target="web-server-01", actor="", outcome="ok") == (
         "event=snapshot.list target=web-server-01 outcome=ok"
     )
+
+
+def test_a_response_url_never_appears_in_debug_logs_of_the_post_to_it():
+    """slack_sdk's WebhookClient logs "Sending a request - url: <response_url>" at DEBUG."""
+    from io import StringIO
+
+    from slack_sdk.webhook import WebhookClient
+
+    stream = StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(LineFormatter())
+    handler.addFilter(ScrubFilter())
+    webhook_log = logging.getLogger("slack_sdk.webhook.client")
+    old_level = webhook_log.level
+    webhook_log.addHandler(handler)
+    webhook_log.setLevel(logging.DEBUG)
+    fake = FakeSlack().start()
+    try:
+        url = fake.response_url("cmd", channel="C1", user="U1")
+        assert WebhookClient(url, timeout=5).send(text="hi").status_code == 200
+    finally:
+        webhook_log.removeHandler(handler)
+        webhook_log.setLevel(old_level)
+        fake.stop()
+    logged = stream.getvalue()
+    assert "Sending a request" in logged
+    assert url not in logged and url.rsplit("/", 1)[-1] not in logged
+    hooks = "https://hooks.slack.com/commands/T1/123/abcDEF"
+    assert hooks.rsplit("/", 1)[-1] not in scrubbed_line("answering %s", hooks)

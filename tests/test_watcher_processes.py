@@ -158,13 +158,9 @@ def deployment_factory(tmp_path, sim, fake):
 
 
 def add_servers(sim, servers: dict[int, str]) -> None:
-    """vps-api.md's three servers hold 13 more snapshots at 5 each; 20 need more room.
-    SimState has no public way to add a server, so this reaches into it (under its lock)."""
-    from bot.vps.simulator import _Server
-
-    with sim.state._lock:
-        for sid, name in servers.items():
-            sim.state._servers[sid] = _Server(sid, name)
+    """vps-api.md's three servers hold 13 more snapshots at 5 each; 20 need more room."""
+    for sid, name in servers.items():
+        sim.state.add_server(sid, name)
 
 
 def test_kill_9_during_a_watch_then_restart_posts_exactly_one_reply(

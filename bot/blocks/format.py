@@ -5,11 +5,22 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 
-def escape(text: str | None) -> str:
-    """Slack mrkdwn needs &, < and > escaped; anything else from users is shown as typed."""
-    if not text:
+def escape(text: object) -> str:
+    """The one escaping of user- and provider-supplied text for mrkdwn (SPEC §14.4).
+
+    Slack reads ``<...>`` as a mention, a broadcast or a link and ``&`` as the start of
+    an entity; with these three escaped, ``<!channel>`` or ``<http://x|y>`` shows as
+    typed and pings or links nothing. Text must arrive unescaped (``unescape`` at the
+    boundary), so it is escaped exactly once."""
+    if text is None:
         return ""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def unescape(text: str) -> str:
+    """Undo Slack's own escaping of typed text (``&lt;`` ``&gt;`` ``&amp;``), once, on
+    the way in: what the user typed is then stored and escaped again only when shown."""
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
 
 def clip(text: str, limit: int) -> str:
@@ -49,4 +60,4 @@ def size(size_mb: int | None) -> str:
 
 
 def mention(user: str | None) -> str:
-    return f"<@{user}>" if user else "someone"
+    return f"<@{escape(user)}>" if user else "someone"

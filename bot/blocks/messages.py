@@ -3,6 +3,11 @@
 Each returns ``{"text": fallback, "blocks": [...]}`` built with ``slack_sdk.models``
 (whose ``to_dict()`` checks Slack's per-element limits); the 50-blocks cap, which
 slack_sdk does not check, is kept here by construction.
+
+Every text a user typed or the provider wrote (names, reasons, statuses, the
+provider's messages, error sentences) goes through ``format.escape`` here, once,
+wherever it is shown: mrkdwn sections, contexts and the fallback ``text`` (which
+notifications render). Arguments are plain text unless named ``mrkdwn``.
 """
 
 from __future__ import annotations
@@ -65,8 +70,9 @@ def _status(status: str) -> str:
 # --- plain answers -------------------------------------------------------------------
 
 
-def text_message(text: str) -> dict:
-    return _payload(text, [_section(text)])
+def text_message(mrkdwn: str) -> dict:
+    """A sentence already in mrkdwn: any user or provider text in it is escaped."""
+    return _payload(mrkdwn, [_section(mrkdwn)])
 
 
 def usage_message(usage: str, problem: str | None = None) -> dict:
@@ -75,11 +81,18 @@ def usage_message(usage: str, problem: str | None = None) -> dict:
         blocks.append(_section(f":warning: {escape(problem)}"))
     # Slack reads <...> as a link even inside a code block: `<server>` must be escaped.
     blocks.append(_section("```" + escape(usage) + "```"))
-    return _payload((problem + "\n" if problem else "") + usage, blocks)
+    return _payload((escape(problem) + "\n" if problem else "") + escape(usage), blocks)
 
 
 def error_message(text: str) -> dict:
-    return _payload(text, [_section(f":x: {text}")])
+    """A refusal or failure in plain text (it may quote the provider or the user)."""
+    return _payload(escape(text), [_section(f":x: {escape(text)}")])
+
+
+def error_mrkdwn(mrkdwn: str) -> dict:
+    """A refusal or failure snapbot wrote in mrkdwn (a channel link, who may act), any
+    user or provider text in it escaped already."""
+    return _payload(mrkdwn, [_section(f":x: {mrkdwn}")])
 
 
 # --- where snapbot cannot post ---------------------------------------------------------------
@@ -100,8 +113,9 @@ def not_in_a_dm(what: str) -> str:
 
 
 def cannot_post(error: str, channel: str) -> str:
-    """Why Slack refused the channel message a create or restore needs, and the fix."""
-    where = f"<#{channel}>"
+    """Why Slack refused the channel message a create or restore needs, and the fix
+    (mrkdwn: a channel link; for ``error_mrkdwn``)."""
+    where = f"<#{escape(channel)}>"
     fix = {
         "not_in_channel": f"snapbot is not a member of {where}: invite it first with "
         "`/invite @snapbot`, then run the command again.",
@@ -123,13 +137,11 @@ def turned_away(why: str, *, another_org: bool) -> dict:
     another organisation, or with no valid Slack user ID at all."""
     if another_org:
         return error_message(
-            f"snapbot did nothing ({escape(why)}): it acts only for people of the workspace "
+            f"snapbot did nothing ({why}): it acts only for people of the workspace "
             "it is installed in. An admin can let another workspace in with "
             "`SLACK_ALLOWED_TEAMS`."
         )
-    return error_message(
-        f"snapbot did nothing: the request did not say who you are ({escape(why)})."
-    )
+    return error_message(f"snapbot did nothing: the request did not say who you are ({why}).")
 
 
 # --- list --------------------------------------------------------------------------------
@@ -175,7 +187,7 @@ def snapshot_list(snapshots: Sequence, now: datetime, *, scope: str) -> dict:
             f"; the {rest} oldest are not shown — narrow it with `/snapshot list &lt;server&gt;`"
         )
     blocks.append(_context(footer))
-    text = f"{len(ordered)} snapshot(s) for {scope}"
+    text = f"{len(ordered)} snapshot(s) for {escape(scope)}"
     return _payload(text, blocks)
 
 
@@ -208,7 +220,7 @@ def create_message(
     }.get(state, f"Snapshot *{escape(name)}*: {escape(state)}")
     blocks: list[Block] = [_section(head)]
     if detail:
-        blocks.append(_context(detail))
+        blocks.append(_context(escape(detail)))
     return _payload(head, blocks)
 
 
@@ -240,9 +252,9 @@ def create_thread_reply(
 
 def limit_reached(text: str, oldest_id: int, oldest_name: str) -> dict:
     return _payload(
-        text,
+        escape(text),
         [
-            _section(f":no_entry: {text}"),
+            _section(f":no_entry: {escape(text)}"),
             ActionsBlock(
                 block_id="limit",
                 elements=[
@@ -279,7 +291,7 @@ def create_modal(
         )
     blocks: list[Block] = []
     if note:
-        blocks.append(_context(note))
+        blocks.append(_context(escape(note)))
     blocks += [
         InputBlock(block_id=ids.CREATE_SERVER_BLOCK, label="Server", element=server_input),
         InputBlock(
@@ -326,7 +338,7 @@ def delete_prompt(snapshot, user: str, now: datetime) -> dict:
     )
     value = f"{snapshot.id}:{user}"
     return _payload(
-        f"Delete snapshot {snapshot.name}?",
+        f"Delete snapshot {escape(snapshot.name)}?",
         [
             _section(":wastebasket: " + text),
             ActionsBlock(
@@ -339,7 +351,7 @@ def delete_prompt(snapshot, user: str, now: datetime) -> dict:
                         style="danger",
                         confirm=ConfirmObject(
                             title="Delete this snapshot?",
-                            text=clip(f"{snapshot.name} will be deleted for good.", 300),
+                            text=clip(f"{escape(snapshot.name)} will be deleted for good.", 300),
                             confirm="Delete",
                             deny="Keep it",
                         ),
@@ -425,7 +437,8 @@ def restore_request(
                         confirm=ConfirmObject(
                             title="Approve this restore?",
                             text=clip(
-                                f"{req.server_name} will be overwritten with snapshot {req.snapshot_name}.",
+                                f"{escape(req.server_name)} will be overwritten with snapshot "
+                                f"{escape(req.snapshot_name)}.",
                                 300,
                             ),
                             confirm="Approve",
@@ -454,19 +467,147 @@ def restore_request(
         blocks.append(_section(line))
     return _payload(
         f"Restore request #{req.id} ({'still restoring' if state == 'gave_up' else state}): "
-        f"{req.server_name} from "
-        f"{req.snapshot_name}",
+        f"{escape(req.server_name)} from {escape(req.snapshot_name)}",
         blocks,
     )
 
 
-def thread_note(text: str) -> dict:
-    return _payload(text, [_section(text)])
+def thread_note(mrkdwn: str) -> dict:
+    return _payload(mrkdwn, [_section(mrkdwn)])
 
 
-def incident_notice(text: str, link: str | None) -> dict:
-    full = text + (f" <{link}|View the request>" if link else "")
-    return _payload(text, [_section(full)])
+def incident_notice(mrkdwn: str, link: str | None) -> dict:
+    full = mrkdwn + (f" <{link}|View the request>" if link else "")
+    return _payload(mrkdwn, [_section(full)])
+
+
+# --- what a restore request's thread and the incident channel are told -----------------------
+
+
+def request_opened_notice(req, reason: str, link: str | None) -> dict:
+    return incident_notice(
+        f":rotating_light: Restore requested: {mention(req.requester)} wants to restore "
+        f"*{escape(req.server_name)}* from *{escape(req.snapshot_name)}* (request #{req.id}, "
+        f"taken {when(req.snapshot_created_at)}). Reason: {escape(reason) or 'none given'}.",
+        link,
+    )
+
+
+def request_approved_notice(req, approvals: Iterable[str], link: str | None) -> dict:
+    who = ", ".join(mention(a) for a in sorted(approvals))
+    return incident_notice(
+        f":white_check_mark: Restore #{req.id} of *{escape(req.server_name)}* approved by {who}.",
+        link,
+    )
+
+
+def request_decided_note(word: str, decider: str) -> dict:
+    return thread_note(f"Restore request {escape(word)}: {mention(decider)}.")
+
+
+def request_decided_notice(req, word: str, decider: str, link: str | None) -> dict:
+    return incident_notice(
+        f":no_entry_sign: Restore #{req.id} of *{escape(req.server_name)}* {escape(word)} by "
+        f"{mention(decider)}.",
+        link,
+    )
+
+
+def restore_outcome_note(state: str, detail: str) -> dict:
+    if state == "succeeded":
+        return thread_note(f":arrows_counterclockwise: Restore started: {escape(detail)}")
+    return thread_note(f":x: Restore {escape(state)}: {escape(detail)}")
+
+
+def restore_outcome_notice(req, state: str, detail: str, link: str | None) -> dict:
+    if state == "succeeded":
+        text = (
+            f":arrows_counterclockwise: Restore #{req.id} started: *{escape(req.server_name)}* "
+            f"is being restored from *{escape(req.snapshot_name)}*."
+        )
+    else:
+        text = (
+            f":x: Restore #{req.id} of *{escape(req.server_name)}* {escape(state)}: "
+            f"{escape(detail)}"
+        )
+    return incident_notice(text, link)
+
+
+def restore_unfollowed_note(usually: str) -> dict:
+    return thread_note(
+        f"{escape(usually)} The provider does not report server status, so snapbot cannot say "
+        "when it is done; check the server."
+    )
+
+
+def request_expired_note(req) -> dict:
+    return thread_note(
+        f":hourglass: Request expired: nobody approved it within "
+        f"{span(req.expires_at - req.created_at)}. {mention(req.requester)}, open a new one if "
+        "the restore is still needed."
+    )
+
+
+def request_expired_notice(req, link: str | None) -> dict:
+    return incident_notice(
+        f":hourglass: Restore request #{req.id} of *{escape(req.server_name)}* expired undecided.",
+        link,
+    )
+
+
+def snapshot_ended_notice(watch, status: str) -> dict:
+    return incident_notice(
+        f":x: Snapshot *{escape(watch.snapshot_name)}* of *{escape(watch.server_name)}* ended "
+        f"as {escape(status)}.",
+        None,
+    )
+
+
+def restore_finished_note(watch, status: str, took: str) -> dict:
+    if status != "restoring":
+        return thread_note(
+            f":white_check_mark: {mention(watch.requester)} *{escape(watch.server_name)}* has "
+            f"left `restoring` (now `{escape(status)}`) after {escape(took)}: the restore from "
+            f"*{escape(watch.snapshot_name)}* is finished."
+        )
+    return thread_note(
+        f":warning: *{escape(watch.server_name)}* is still restoring after {escape(took)}; "
+        "check the provider."
+    )
+
+
+def restore_finished_notice(watch, status: str, took: str, link: str | None) -> dict:
+    if status != "restoring":
+        text = (
+            f":white_check_mark: Restore #{watch.request_id} of *{escape(watch.server_name)}* "
+            f"finished: the server is `{escape(status)}`."
+        )
+    else:
+        text = (
+            f":warning: Restore #{watch.request_id} of *{escape(watch.server_name)}* is still "
+            f"restoring after {escape(took)}; snapbot stops following it."
+        )
+    return incident_notice(text, link)
+
+
+def provider_down_notice(problem: str) -> dict:
+    return incident_notice(
+        f":warning: snapbot cannot reach the provider ({escape(problem)}); snapshot updates "
+        "are delayed until it answers again.",
+        None,
+    )
+
+
+def provider_back_notice() -> dict:
+    return incident_notice(":white_check_mark: The provider answers again; updates resume.", None)
+
+
+def checkpoint_notice(reason: str, count: int, head: str) -> dict:
+    return incident_notice(
+        f":lock: Audit checkpoint ({escape(reason)}): `{count}:{escape(head)}` — verify with "
+        f"`snapbot audit verify --checkpoint {count}:{escape(head)}`",
+        None,
+    )
 
 
 # --- audit and pending -------------------------------------------------------------------------

@@ -10,18 +10,28 @@ Retries name what they retry:
   name up in the list instead; a restore with an unknown outcome is reported as such.
 * 401, 403, 404 and 400 are answers, never retried.
 
+The provider is not trusted (SPEC §14.5). Every answer goes through one reader,
+`_read_answer`, before anything looks at it: the body is streamed with a size cap
+(`MAX_ANSWER_BYTES`), the whole attempt (connect, headers and body) ends at its
+deadline however slowly the bytes drip, and the bearer token is redacted from the
+body wherever the provider echoes it, so nothing shown, logged, stored or audited
+can carry it. Types are checked strictly (bot/vps/models.py), a snapshot id listed
+twice is an inconsistent answer, and a `200` to a restore whose body says it failed
+is a failure.
+
 The API token lives only in the httpx client's default headers: it is not in `repr`,
-in any log line, or in any error (the provider's reasons are redacted should they
-echo it).
+in any log line, or in any error.
 """
 
 from __future__ import annotations
 
 import functools
+import json as jsonlib
 import logging
 import os
 import random
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -29,6 +39,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import certifi
+import httpcore
 import httpx
 from pydantic import ValidationError
 
@@ -38,6 +49,7 @@ from bot.vps.errors import (
     VpsAuthError,
     VpsBadRequest,
     VpsError,
+    VpsInconsistent,
     VpsNotFound,
     VpsUnavailable,
 )
@@ -58,6 +70,11 @@ DEFAULT_DEADLINE = 25.0
 CREATE_LOOKUP_WINDOW = 600.0
 #: Seconds the lookup after an unconfirmed create may take even when the deadline is spent.
 MIN_LOOKUP_SECONDS = 3.0
+#: Bytes an answer may carry, decoded: a list of hundreds of snapshots is tens of KB.
+MAX_ANSWER_BYTES = 4 * 1024 * 1024
+#: A restore answer whose status is one of these says the restore did not start.
+RESTORE_REFUSED = frozenset({"error", "failed", "failure", "rejected", "refused", "denied"})
+REDACTED = "[redacted]"
 
 OnCall = Callable[[str, str, int | None, float], None]
 
@@ -73,6 +90,93 @@ class _Failure(Exception):
         self.detail = detail
         self.sent = sent
         self.status = status
+
+
+# The deadline of the attempt this thread is making (time.monotonic()), or None.
+_deadline = threading.local()
+
+
+def _within_deadline(timeout: float | None) -> float | None:
+    """One socket operation's timeout, cut to what is left of the attempt's deadline."""
+    at = getattr(_deadline, "at", None)
+    if at is None:
+        return timeout
+    left = max(at - time.monotonic(), 0.001)
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every read and write waits at most until the deadline."""
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _within_deadline(timeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _within_deadline(timeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        tls = self._inner.start_tls(ssl_context, server_hostname, _within_deadline(timeout))
+        return _DeadlineStream(tls)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    def __init__(self) -> None:
+        self._inner = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.NetworkStream:
+        stream = self._inner.connect_tcp(
+            host, port, _within_deadline(timeout), local_address, socket_options
+        )
+        return _DeadlineStream(stream)
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> httpcore.NetworkStream:
+        stream = self._inner.connect_unix_socket(path, _within_deadline(timeout), socket_options)
+        return _DeadlineStream(stream)
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+class _DeadlineTransport(httpx.HTTPTransport):
+    """httpx's transport over connections that end each attempt at its deadline.
+
+    httpx's timeouts apply to each read, so an answer that drips a byte at a time
+    (status line, headers or body) never trips them; here every socket operation is
+    given what is left of the attempt's deadline instead. httpx has no option for the
+    network backend, so the pool is rebuilt with httpx's own defaults around ours."""
+
+    def __init__(self, ssl_context: ssl.SSLContext) -> None:
+        super().__init__(verify=ssl_context)
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=ssl_context,
+            max_connections=100,
+            max_keepalive_connections=20,
+            keepalive_expiry=5.0,
+            network_backend=_DeadlineBackend(),
+        )
 
 
 class VpsClient:
@@ -112,8 +216,7 @@ class VpsClient:
                 "Content-Type": "application/json",
             },
             timeout=timeout,
-            transport=transport,
-            verify=_tls_context() if transport is None else True,
+            transport=transport or _DeadlineTransport(_tls_context()),
             follow_redirects=False,
         )
 
@@ -368,22 +471,30 @@ class VpsClient:
         json: dict[str, Any] | None,
         budget: float,
     ) -> httpx.Response:
+        budget = max(budget, 0.1)
         timeout = self._timeout
         if timeout.read is not None and budget < timeout.read:
             # Keep the whole call inside its deadline: shrink the last attempt.
-            budget = max(budget, 0.1)
             timeout = httpx.Timeout(budget, connect=min(timeout.connect or budget, budget))
         begun = time.perf_counter()
         status: int | None = None
+        _deadline.at = time.monotonic() + budget
         try:
-            response = self._http.request(method, path, params=params, json=json, timeout=timeout)
+            request = self._http.build_request(
+                method, path, params=params, json=json, timeout=timeout
+            )
+            response = self._http.send(request, stream=True)
             status = response.status_code
-            return response
+            try:
+                return self._read_answer(response)
+            finally:
+                response.close()
         except _NOT_SENT as exc:
             raise _Failure(_describe(exc), sent=False) from None
         except httpx.TransportError as exc:
             raise _Failure(_describe(exc), sent=True) from None
         finally:
+            _deadline.at = None
             seconds = time.perf_counter() - begun
             logger.debug("%s %s -> %s in %.3f s", method, path, status, seconds)
             if self._on_call is not None:
@@ -391,6 +502,27 @@ class VpsClient:
                     self._on_call(method, path, status, seconds)
                 except Exception:
                     logger.exception("on_call hook failed")
+
+    def _read_answer(self, response: httpx.Response) -> httpx.Response:
+        """The one reader of the provider's answers: at most MAX_ANSWER_BYTES, within
+        the attempt's deadline (the transport's), the token redacted. The answer, read."""
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > MAX_ANSWER_BYTES:
+            raise _Failure(f"answer too large ({declared} bytes)", sent=True)
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:
+                raise _Failure(f"answer too large (over {MAX_ANSWER_BYTES} bytes)", sent=True)
+            chunks.append(chunk)
+        headers = {"Content-Type": response.headers.get("Content-Type", "application/json")}
+        return httpx.Response(
+            response.status_code,
+            headers=headers,
+            content=self._redact_bytes(b"".join(chunks)),
+            request=response.request,
+        )
 
     def _raise_for_refusal(
         self,
@@ -414,15 +546,22 @@ class VpsClient:
         if status == 404:
             kind, ident = not_found or _kind_from_path(path)
             raise VpsNotFound(kind, ident)
-        raise VpsBadRequest(self._redact(_reason(response)), status=status)
+        raise VpsBadRequest(_reason(response), status=status)
 
     def _backoff(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(cap, base * 2**(attempt-1))]."""
         ceiling = min(self._backoff_cap, self._backoff_base * 2 ** (attempt - 1))
         return random.uniform(0, ceiling) if ceiling > 0 else 0.0
 
-    def _redact(self, text: str) -> str:
-        return text.replace(self._token, "[redacted]") if self._token else text
+    def _redact_bytes(self, body: bytes) -> bytes:
+        """The token removed from a body, as sent and as a JSON string would carry it."""
+        if not self._token:
+            return body
+        forms = {self._token.encode(), jsonlib.dumps(self._token)[1:-1].encode()}
+        forms.add(jsonlib.dumps(self._token)[1:-1].replace("/", "\\/").encode())
+        for form in sorted(forms, key=len, reverse=True):
+            body = body.replace(form, REDACTED.encode())
+        return body
 
     def _find_created(
         self, server_id: int, name: str, started: datetime, budget: float
@@ -471,13 +610,26 @@ def _parse_snapshot_list(response: httpx.Response) -> list[Snapshot]:
     results = data.get("results") if isinstance(data, dict) else data
     if not isinstance(results, list):
         raise _Failure("unexpected answer: no results list", sent=True)
-    snapshots = []
+    snapshots: list[Snapshot] = []
+    servers_of: dict[int, int] = {}
     for item in results:
         try:
-            snapshots.append(Snapshot.model_validate(item))
+            snapshot = Snapshot.model_validate(item)
         except ValidationError:
             # One garbled entry should not hide all the others.
             logger.warning("skipping an unreadable snapshot in the list: %.200r", item)
+            continue
+        if snapshot.id in servers_of:
+            # Buttons, block ids and requests name a snapshot by its id alone: an id
+            # listed twice cannot be acted on safely, so the whole answer is refused.
+            raise VpsInconsistent(
+                f"The provider's answer is inconsistent: snapshot {snapshot.id} is listed "
+                f"twice (servers {servers_of[snapshot.id]} and {snapshot.server.id}); "
+                "nothing was changed.",
+                status=response.status_code,
+            )
+        servers_of[snapshot.id] = snapshot.server.id
+        snapshots.append(snapshot)
     return snapshots
 
 
@@ -489,10 +641,23 @@ def _parse_snapshot(response: httpx.Response) -> Snapshot:
 
 
 def _parse_restore(response: httpx.Response) -> RestoreResult:
-    # A 2xx means the provider accepted the restore; an odd body must not hide that.
+    """A 2xx means the provider accepted the restore, unless its body says otherwise:
+    a status of failure is a refusal; an odd body (no status) must not hide a restore
+    that started; a status we do not know leaves the outcome unknown, for the caller to
+    confirm from the server's state."""
     try:
-        return RestoreResult.model_validate(response.json())
-    except (ValueError, ValidationError):
+        data = response.json()
+    except ValueError:
+        data = None
+    status = data.get("status") if isinstance(data, dict) else None
+    if isinstance(status, str) and status:
+        if status.casefold() in RESTORE_REFUSED:
+            raise VpsBadRequest(_reason(response), status=response.status_code)
+        if status.casefold() != "success":
+            raise _Failure(f"restore answered with status {status[:40]!r}", sent=True)
+    try:
+        return RestoreResult.model_validate(data)
+    except ValidationError:
         logger.warning("restore accepted (HTTP %s) with an unreadable body", response.status_code)
         return RestoreResult(status="success")
 

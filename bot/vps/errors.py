@@ -7,7 +7,9 @@ One tree, so callers can catch as broadly or as narrowly as they need:
     ├── VpsNotFound          404: the snapshot or server does not exist (.kind, .ident)
     ├── VpsBadRequest        400 and other refusals: the provider's own reason (.reason)
     └── VpsUnavailable       5xx, timeout, connection refused, unreadable answer
-                             (.nothing_changed: False when a write may have been applied)
+        │                    (.nothing_changed: False when a write may have been applied)
+        └── VpsInconsistent  an answer that contradicts itself (one snapshot id listed
+                             on two servers): nothing can be acted on safely
 
 `str()` of every error is a short English sentence meant for logs and, through
 `bot/core/errors.py`, for the user. None of them ever carries the API token or the
@@ -96,3 +98,10 @@ class VpsUnavailable(VpsError):
         )
         self.nothing_changed = nothing_changed
         self.detail = detail
+
+
+class VpsInconsistent(VpsUnavailable):
+    """The provider's answer contradicts itself; `str()` says how. Nothing was changed."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message, status=status, detail="inconsistent answer")

@@ -5,6 +5,10 @@ statuses, extra fields, missing fields"): extra fields are ignored, optional fie
 may be absent, an unreadable `created_at` or `size_mb` becomes None rather than
 making the whole snapshot unreadable, and a snapshot that carries `server_id`
 instead of a `server` object still parses.
+
+What identifies or names something is checked strictly (SPEC §14.5): an id is a JSON
+integer (``true`` is not snapshot 1, ``"801"`` is not 801), names and statuses are
+strings, and a missing id, name or status makes the entry unreadable.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictInt,
+    StrictStr,
     ValidationError,
     ValidatorFunctionWrapHandler,
     field_validator,
@@ -31,8 +37,8 @@ class _Model(BaseModel):
 
 
 class Server(_Model):
-    id: int
-    name: str = ""
+    id: StrictInt
+    name: StrictStr = ""
 
     @field_validator("name", mode="before")
     @classmethod
@@ -41,14 +47,14 @@ class Server(_Model):
 
 
 class Snapshot(_Model):
-    id: int
+    id: StrictInt
     server: Server
-    name: str
-    status: str
-    size_mb: int | None = None
+    name: StrictStr
+    status: StrictStr
+    size_mb: StrictInt | None = None
     created_at: datetime | None = None
-    description: str | None = None
-    message: str | None = None
+    description: StrictStr | None = None
+    message: StrictStr | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -58,7 +64,7 @@ class Snapshot(_Model):
         server = data.get("server")
         if server is None and data.get("server_id") is not None:
             return {**data, "server": {"id": data["server_id"]}}
-        if isinstance(server, int | str) and not isinstance(server, bool):
+        if isinstance(server, int) and not isinstance(server, bool):
             return {**data, "server": {"id": server}}
         return data
 
@@ -100,9 +106,9 @@ class Snapshot(_Model):
 
 
 class ServerState(_Model):
-    id: int
-    name: str = ""
-    status: str = ""
+    id: StrictInt
+    name: StrictStr = ""
+    status: StrictStr = ""
 
     @field_validator("name", "status", mode="before")
     @classmethod
@@ -113,7 +119,7 @@ class ServerState(_Model):
 class RestoreResult(_Model):
     """The 200 answer to a restore. `server` is None only if the provider left it out."""
 
-    status: str = ""
-    message: str = ""
+    status: StrictStr = ""
+    message: StrictStr = ""
     snapshot: dict[str, Any] = Field(default_factory=dict)
     server: ServerState | None = None

@@ -19,8 +19,20 @@ errors, so the demo and every test run against real HTTP:
     POST /_sim/faults  {"latency": s, "fail_next": n, "fail_status": 503,
                         "fail_after_apply": bool, "fail_rate": p, "fail_snapshot": id,
                         "vanish_snapshot": id, "servers_endpoint": bool,
-                        "advance_seconds": s}  -> the faults now in force
+                        "advance_seconds": s, "huge_answer": bytes, "drip_seconds": s,
+                        "restore_status": "error", "echo_token": bool,
+                        "redirect_to": url, "wrong_types": bool,
+                        "duplicate_ids": bool}  -> the faults now in force
     POST /_sim/reset   back to the seeded state, faults and counters cleared
+
+An evil provider (SPEC §14.5) is a set of public fault modes too: an answer of any
+size sent without a length (`huge_answer`), one byte at a time (`drip_seconds`), a
+`200` to a restore that did not start (`restore_status`), the bearer token echoed
+in every answer's message (`echo_token`), a redirect for every call
+(`redirect_to`), ids and names of the wrong JSON types (`wrong_types`), and every
+snapshot listed again on another server (`duplicate_ids`). `add_server` and
+`add_snapshot` seed servers and snapshots with any name (markup included), which the
+API's own create refuses.
 
 Run it alone with `python -m bot.vps.simulator` (the CLI wires it as `snapbot vps-sim`).
 """
@@ -127,6 +139,16 @@ class Faults:
     fail_after_apply: bool = False
     fail_rate: float = 0.0
     servers_endpoint: bool = True
+    # The evil provider: see the module docstring.
+    huge_answer: int = 0
+    drip_seconds: float = 0.0
+    restore_status: str | None = None
+    restore_message: str | None = None
+    fail_detail: str | None = None
+    echo_token: bool = False
+    redirect_to: str | None = None
+    wrong_types: bool = False
+    duplicate_ids: bool = False
 
 
 def _iso(timestamp: float) -> str:
@@ -183,6 +205,8 @@ class SimState:
             }
             self._next_id = SEED_NEXT_ID
             self.faults = Faults()
+            self._redirect_status = 302
+            self.streamed = 0
             self._rng = random.Random(self._seed)
             self.calls.clear()
             self.writes.clear()
@@ -214,13 +238,22 @@ class SimState:
         with self._lock:
             self.faults.servers_endpoint = bool(enabled)
 
-    def fail_next(self, n: int, status: int = 503, *, after_apply: bool = False) -> None:
+    def fail_next(
+        self,
+        n: int,
+        status: int = 503,
+        *,
+        after_apply: bool = False,
+        detail: str | None = None,
+    ) -> None:
         """The next n API requests answer `status`; with after_apply, they take effect first
-        (the answer is lost on the way back, as behind a failing gateway)."""
+        (the answer is lost on the way back, as behind a failing gateway). `detail`: the
+        provider's own sentence in the answer (any text: markup, a long reason)."""
         with self._lock:
             self.faults.fail_next = max(0, int(n))
             self.faults.fail_status = int(status)
             self.faults.fail_after_apply = bool(after_apply)
+            self.faults.fail_detail = detail
 
     def fail_snapshot(self, snapshot_id: int) -> None:
         """The snapshot ends now in status `failed`, without a size."""
@@ -234,6 +267,88 @@ class SimState:
             self._get_snapshot(snapshot_id)
             del self._snapshots[snapshot_id]
 
+    # ---- seeding and the evil provider ----------------------------------------------
+
+    def add_server(self, server_id: int, name: str) -> None:
+        """A server with any name (markup, quotes, emoji), without snapshots."""
+        with self._lock:
+            self._servers[int(server_id)] = _Server(int(server_id), str(name))
+
+    def add_snapshot(
+        self,
+        server_id: int,
+        name: str,
+        *,
+        description: str | None = None,
+        status: str = "completed",
+        size_mb: int | None = 2048,
+    ) -> int:
+        """A snapshot with any name, description or status, taken now; its new id.
+        Unlike the API's create, no name rule or per-server limit applies."""
+        with self._lock:
+            if server_id not in self._servers:
+                raise SimError(404, f"Server {server_id} does not exist.")
+            snap = _Snapshot(
+                id=self._next_id,
+                server_id=server_id,
+                name=name,
+                description=description,
+                created_at=self.now(),
+                completes_at=None,
+                size_mb=size_mb,
+                status=status,
+            )
+            self._next_id += 1
+            self._snapshots[snap.id] = snap
+            return snap.id
+
+    def huge_answer(self, size: int) -> None:
+        """Every API answer becomes a JSON document of `size` bytes, sent without a
+        Content-Length (0: off). `streamed` in stats() counts the bytes that left."""
+        with self._lock:
+            self.faults.huge_answer = max(0, int(size))
+
+    def drip_answers(self, seconds_per_byte: float) -> None:
+        """Every API answer is written one byte at a time, this far apart (0: off)."""
+        with self._lock:
+            self.faults.drip_seconds = max(0.0, float(seconds_per_byte))
+
+    def lie_about_restores(self, status: str | None = "error") -> None:
+        """A restore answers 200 with this status and does not restore (None: off)."""
+        with self._lock:
+            self.faults.restore_status = status
+
+    def answer_restores_with(self, message: str | None) -> None:
+        """The message of a restore that starts (None: the documented one)."""
+        with self._lock:
+            self.faults.restore_message = message
+
+    def echo_token(self, enabled: bool = True) -> None:
+        """Every JSON answer repeats the request's Authorization header in its message."""
+        with self._lock:
+            self.faults.echo_token = bool(enabled)
+
+    def redirect_to(self, url: str | None, status: int = 302) -> None:
+        """Every API request answers a redirect to `url` (None: off)."""
+        with self._lock:
+            self.faults.redirect_to = url
+            self._redirect_status = int(status)
+
+    def wrong_types(self, enabled: bool = True) -> None:
+        """Listed snapshots carry ids of the wrong JSON type (`true`, "801"), and names
+        and statuses that are not strings."""
+        with self._lock:
+            self.faults.wrong_types = bool(enabled)
+
+    def duplicate_ids(self, enabled: bool = True) -> None:
+        """Every listed snapshot is listed again, with the same id, on another server."""
+        with self._lock:
+            self.faults.duplicate_ids = bool(enabled)
+
+    def count_streamed(self, sent: int) -> None:
+        with self._lock:
+            self.streamed += sent
+
     def stats(self) -> dict[str, Any]:
         with self._lock:
             return {
@@ -241,6 +356,7 @@ class SimState:
                 "calls": dict(self.calls),
                 "writes": [{"time": t, "method": m, "path": p} for t, m, p in self.writes],
                 "faults": self._faults_json(),
+                "streamed": self.streamed,
             }
 
     def _faults_json(self) -> dict[str, Any]:
@@ -252,6 +368,14 @@ class SimState:
             "fail_after_apply": f.fail_after_apply,
             "fail_rate": f.fail_rate,
             "servers_endpoint": f.servers_endpoint,
+            "huge_answer": f.huge_answer,
+            "drip_seconds": f.drip_seconds,
+            "restore_status": f.restore_status,
+            "restore_message": f.restore_message,
+            "echo_token": f.echo_token,
+            "redirect_to": f.redirect_to,
+            "wrong_types": f.wrong_types,
+            "duplicate_ids": f.duplicate_ids,
         }
 
     def apply_faults(self, changes: dict[str, Any]) -> dict[str, Any]:
@@ -259,6 +383,8 @@ class SimState:
         known = {
             "latency", "fail_next", "fail_status", "fail_after_apply", "fail_rate",
             "fail_snapshot", "vanish_snapshot", "servers_endpoint", "advance_seconds",
+            "huge_answer", "drip_seconds", "restore_status", "echo_token", "redirect_to",
+            "wrong_types", "duplicate_ids",
         }  # fmt: skip
         unknown = sorted(set(changes) - known)
         if unknown:
@@ -282,6 +408,20 @@ class SimState:
                 self.vanish_snapshot(int(changes["vanish_snapshot"]))
             if "advance_seconds" in changes:
                 self.advance(float(changes["advance_seconds"]))
+            if "huge_answer" in changes:
+                self.huge_answer(int(changes["huge_answer"]))
+            if "drip_seconds" in changes:
+                self.drip_answers(float(changes["drip_seconds"]))
+            if "restore_status" in changes:
+                self.lie_about_restores(changes["restore_status"])
+            if "echo_token" in changes:
+                self.echo_token(bool(changes["echo_token"]))
+            if "redirect_to" in changes:
+                self.redirect_to(changes["redirect_to"])
+            if "wrong_types" in changes:
+                self.wrong_types(bool(changes["wrong_types"]))
+            if "duplicate_ids" in changes:
+                self.duplicate_ids(bool(changes["duplicate_ids"]))
         except (TypeError, ValueError) as exc:
             raise SimError(400, f"Invalid fault value: {exc}.") from None
         with self._lock:
@@ -317,6 +457,16 @@ class SimState:
             ]
             snaps.sort(key=lambda s: (s.created_at, s.id), reverse=True)
             results = [self._snapshot_json(s, now) for s in snaps]
+            if self.faults.duplicate_ids:
+                others = sorted(self._servers)
+                for item in list(results):
+                    sid = item["server"]["id"]
+                    other = next((o for o in others if o != sid), sid)
+                    results.append(
+                        {**item, "server": {"id": other, "name": self._servers[other].name}}
+                    )
+            if self.faults.wrong_types:
+                results = [_mistyped(item, n) for n, item in enumerate(results)]
         return {"count": len(results), "results": results}
 
     def create_snapshot(self, body: Any) -> dict[str, Any]:
@@ -369,10 +519,17 @@ class SimState:
                     400,
                     f"Snapshot {snapshot_id} cannot be restored: its status is {snap.status}.",
                 )
+            if self.faults.restore_status is not None:
+                return {
+                    "status": self.faults.restore_status,
+                    "message": "The restore could not be started.",
+                    "snapshot": {"id": snap.id, "name": snap.name},
+                    "server": {"id": server.id, "name": server.name, "status": "running"},
+                }
             server.restoring_until = now + self.restore_seconds
             return {
                 "status": "success",
-                "message": RESTORE_MESSAGE,
+                "message": self.faults.restore_message or RESTORE_MESSAGE,
                 "snapshot": {"id": snap.id, "name": snap.name, "created_at": _iso(snap.created_at)},
                 "server": {"id": server.id, "name": server.name, "status": "restoring"},
             }
@@ -423,6 +580,19 @@ class SimState:
 
 _ID = re.compile(r"[0-9]+")
 _MAX_BODY = 1 << 20
+
+
+def _mistyped(item: dict[str, Any], n: int) -> dict[str, Any]:
+    """One listed snapshot with a field of the wrong JSON type, in turn: the id, the
+    server's id, the name, the status."""
+    field = n % 4
+    if field == 0:
+        return {**item, "id": True}
+    if field == 1:
+        return {**item, "server": {**item["server"], "id": str(item["server"]["id"])}}
+    if field == 2:
+        return {**item, "name": 42}
+    return {**item, "status": None}
 
 
 def route(path: str) -> tuple[str, int | None]:
@@ -485,6 +655,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.track(self.connection, open_=False)
 
     def _handle(self, method: str) -> None:
+        self._redirect: str | None = None
         try:
             raw = self._read_body()
         except ValueError as exc:
@@ -500,7 +671,13 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:
             logger.exception("simulator failed on %s %s", method, path)
             status, payload = 500, {"detail": "Internal simulator error."}
-        self._reply(status, payload)
+        faults = self.server.state.faults
+        if path.startswith(API_PREFIX) and faults.huge_answer:
+            self._reply_huge(status, faults.huge_answer)
+        elif path.startswith(API_PREFIX) and faults.drip_seconds:
+            self._reply(status, payload, drip=faults.drip_seconds)
+        else:
+            self._reply(status, payload)
 
     def _api(self, method: str, path: str, query: str, raw: bytes) -> tuple[int, Any]:
         state = self.server.state
@@ -509,8 +686,12 @@ class _Handler(BaseHTTPRequestHandler):
         latency, fail_status, after_apply = state.begin(method, template, relative)
         if latency:
             time.sleep(latency)
+        if state.faults.redirect_to:
+            self._redirect = state.faults.redirect_to
+            return state._redirect_status, None
+        detail = state.faults.fail_detail
         if fail_status is not None and not after_apply:
-            return fail_status, {"detail": _failure_detail(fail_status)}
+            return self._echo(fail_status, {"detail": detail or _failure_detail(fail_status)})
         if not state.authorized(self.headers.get("Authorization")):
             status, payload = 401, {"detail": INVALID_TOKEN}
         else:
@@ -519,7 +700,22 @@ class _Handler(BaseHTTPRequestHandler):
             except SimError as exc:
                 status, payload = exc.status, {"detail": exc.detail}
         if fail_status is not None:
-            return fail_status, {"detail": _failure_detail(fail_status)}
+            return self._echo(fail_status, {"detail": detail or _failure_detail(fail_status)})
+        return self._echo(status, payload)
+
+    def _echo(self, status: int, payload: Any) -> tuple[int, Any]:
+        """With `echo_token`, the answer repeats the Authorization header: in its message
+        (or detail), and in the description of every snapshot it carries."""
+        if not self.server.state.faults.echo_token or not isinstance(payload, dict):
+            return status, payload
+        echoed = f" (authorized with {self.headers.get('Authorization', '')})"
+        key = "message" if "message" in payload or "detail" not in payload else "detail"
+        payload = {**payload, key: str(payload.get(key) or "") + echoed}
+        if isinstance(payload.get("results"), list):
+            payload["results"] = [
+                {**item, "description": str(item.get("description") or "") + echoed}
+                for item in payload["results"]
+            ]
         return status, payload
 
     def _operate(
@@ -601,21 +797,56 @@ class _Handler(BaseHTTPRequestHandler):
             raise ValueError("Invalid Content-Length.")
         return self.rfile.read(int(length))
 
-    def _reply(self, status: int, payload: Any) -> None:
-        body = b""
-        if status != 204 and payload is not None:
-            body = json.dumps(payload, separators=(",", ":")).encode()
+    def _head(self, status: int, *fields: str) -> bytes:
         lines = [
             f"HTTP/1.1 {status} {_phrase(status)}",
             "Server: vps-sim",
             f"Date: {self.date_time_string()}",
+            *fields,
         ]
-        if status != 204:
-            lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+        if self._redirect:
+            lines.append(f"Location: {self._redirect}")
         if self.close_connection:
             lines.append("Connection: close")
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        self.wfile.write(head + body)  # one write: header and body in one segment
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    def _reply(self, status: int, payload: Any, *, drip: float = 0.0) -> None:
+        body = b""
+        if status != 204 and payload is not None:
+            body = json.dumps(payload, separators=(",", ":")).encode()
+        fields = []
+        if status != 204:
+            fields = ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+        head = self._head(status, *fields)
+        if not drip:
+            self.wfile.write(head + body)  # one write: header and body in one segment
+            return
+        self.close_connection = True
+        for byte in head + body:
+            self.wfile.write(bytes([byte]))
+            self.wfile.flush()
+            time.sleep(drip)
+
+    def _reply_huge(self, status: int, size: int) -> None:
+        """`size` bytes of valid JSON, with no length: read until the connection ends."""
+        self.close_connection = True
+        self.wfile.write(self._head(status, "Content-Type: application/json"))
+        prefix, suffix = b'{"count":0,"results":[],"padding":"', b'"}'
+        chunk = b"x" * 65536
+        left = max(0, size - len(prefix) - len(suffix))
+        sent = 0
+        try:
+            self.wfile.write(prefix)
+            sent += len(prefix)
+            while left > 0:
+                part = chunk[: min(left, len(chunk))]
+                self.wfile.write(part)
+                sent += len(part)
+                left -= len(part)
+            self.wfile.write(suffix)
+            sent += len(suffix)
+        finally:
+            self.server.state.count_streamed(sent)
 
 
 def _phrase(status: int) -> str:

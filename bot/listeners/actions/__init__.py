@@ -5,6 +5,9 @@ import re
 from slack_bolt import Ack, App, BoltContext
 
 from bot.blocks import ids
+from bot.blocks import messages as msg
+from bot.listeners import inbound
+from bot.services import Actor
 
 
 def action_payload(body: dict, action: dict) -> dict:
@@ -44,9 +47,20 @@ def actor_fields(body: dict) -> dict:
 
 def register(app: App, services) -> None:
     def on_button(ack: Ack, body: dict, action: dict, context: BoltContext) -> None:
-        services.accept(
-            "action", action_payload(body, action), delivery_key=context.get("delivery_key")
-        )
+        payload = action_payload(body, action)
+        if bad := inbound.controls_in(payload):
+            # A button's answer goes through response_url: sent before the ack, since
+            # Bolt answers Slack only when this function returns.
+            services.record(
+                Actor.from_payload(inbound.without_controls(payload)),
+                "button.refused",
+                "denied",
+                detail=inbound.refusal_detail(bad),
+                answer=msg.error_message(inbound.REFUSED),
+                delivery_key=context.get("delivery_key"),
+            )
+        else:
+            services.accept("action", payload, delivery_key=context.get("delivery_key"))
         ack()
 
     for action_id in ids.ACTION_IDS:

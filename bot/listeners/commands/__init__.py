@@ -4,6 +4,7 @@ from slack_bolt import Ack, App, BoltContext
 
 from bot.blocks import messages as msg
 from bot.core import commands as cmd
+from bot.listeners import inbound
 from bot.services import Actor
 
 COMMAND = "/snapshot"
@@ -17,7 +18,7 @@ WORKING = {
 
 def command_payload(body: dict) -> dict:
     return {
-        "text": body.get("text", ""),
+        "text": inbound.typed(str(body.get("text") or "")),
         "user": body.get("user_id", ""),
         "channel": body.get("channel_id", ""),
         # A DM is told by its name as much as its id (bot/core/conversations.py).
@@ -37,6 +38,16 @@ def register(app: App, services) -> None:
     @app.command(COMMAND)
     def snapshot_command(ack: Ack, body: dict, context: BoltContext) -> None:
         payload = command_payload(body)
+        if bad := inbound.controls_in(payload):
+            services.record(
+                Actor.from_payload(inbound.without_controls(payload)),
+                "command.refused",
+                "denied",
+                detail=inbound.refusal_detail(bad),
+                delivery_key=context.get("delivery_key"),
+            )
+            ack(**msg.error_message(inbound.REFUSED))
+            return
         parsed = cmd.parse(payload["text"])
         # Someone the door turns away is not answered here: the job is, at the door.
         if isinstance(parsed, cmd.Help | cmd.UsageError) and services.turned_away(payload) is None:

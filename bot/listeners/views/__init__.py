@@ -5,8 +5,15 @@ from slack_bolt import Ack, App, BoltContext
 from bot.blocks import ids
 from bot.blocks import messages as msg
 from bot.core import commands as cmd
+from bot.listeners import inbound
 from bot.listeners.actions import actor_fields
 from bot.services import Actor
+
+# Which form field shows a refusal of control characters in each part of the payload.
+_FIELD_BLOCKS = {
+    "server": ids.CREATE_SERVER_BLOCK,
+    "description": ids.CREATE_DESCRIPTION_BLOCK,
+}
 
 
 def _value(state: dict, block: str, action: str) -> str:
@@ -19,6 +26,31 @@ def register(app: App, services) -> None:
     @app.view(ids.CREATE_MODAL)
     def create_submitted(ack: Ack, body: dict, view: dict, context: BoltContext) -> None:
         who = actor_fields(body)
+        state = (view.get("state") or {}).get("values") or {}
+        server = _value(state, ids.CREATE_SERVER_BLOCK, ids.CREATE_SERVER_ACTION)
+        name = _value(state, ids.CREATE_NAME_BLOCK, ids.CREATE_NAME_ACTION)
+        description = _value(state, ids.CREATE_DESCRIPTION_BLOCK, ids.CREATE_DESCRIPTION_ACTION)
+        submitted = {
+            **who,
+            "private_metadata": str(view.get("private_metadata") or ""),
+            "server": server,
+            "name": name,
+            "description": description,
+        }
+        # First of all: nothing with a control character is stored or acted on.
+        if bad := inbound.controls_in(submitted):
+            clean = inbound.without_controls(submitted)
+            services.record(
+                Actor.from_payload(clean),
+                "snapshot.create",
+                "denied",
+                target=f"server:{clean['server']} name:{clean['name']}"[:300],
+                detail=inbound.refusal_detail(bad),
+                delivery_key=context.get("delivery_key"),
+            )
+            blocks = {_FIELD_BLOCKS.get(f, ids.CREATE_NAME_BLOCK) for f in bad}
+            ack(response_action="errors", errors={b: inbound.REFUSED for b in sorted(blocks)})
+            return
         # A submission carries no response_url and nothing else of where the modal was
         # opened: that comes from the private_metadata snapbot sealed when it opened
         # the modal, and only if the seal holds for this user.
@@ -47,10 +79,6 @@ def register(app: App, services) -> None:
             )
             ack(response_action="errors", errors={ids.CREATE_SERVER_BLOCK: msg.FORM_NOT_VERIFIED})
             return
-        state = (view.get("state") or {}).get("values") or {}
-        server = _value(state, ids.CREATE_SERVER_BLOCK, ids.CREATE_SERVER_ACTION)
-        name = _value(state, ids.CREATE_NAME_BLOCK, ids.CREATE_NAME_ACTION)
-        description = _value(state, ids.CREATE_DESCRIPTION_BLOCK, ids.CREATE_DESCRIPTION_ACTION)
         errors = {}
         parsed = cmd.parse_server(server)
         if isinstance(parsed, cmd.UsageError):

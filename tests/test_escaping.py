@@ -172,7 +172,7 @@ BUILDERS = {
     "limit": lambda: msg.limit_reached(MARKUP, 798, MARKUP),
     "create-modal-note": lambda: {
         "text": "",
-        "blocks": msg.create_modal(channel="C1", servers=None, note=MARKUP)["blocks"],
+        "blocks": msg.create_modal(metadata="sealed", servers=None, note=MARKUP)["blocks"],
     },
     "delete": lambda: msg.delete_prompt(hostile_snapshot(), "U1", NOW),
     "request": lambda: msg.restore_request(hostile_request(), [], NOW),
@@ -180,7 +180,7 @@ BUILDERS = {
         hostile_request(state="failed", decided_by="UBOB"), ["UBOB"], NOW
     ),
     "pending": lambda: msg.pending_list([hostile_request()], [hostile_watch()], NOW),
-    "cannot-post": lambda: msg.cannot_post(MARKUP, "C1"),
+    "cannot-post": lambda: msg.error_mrkdwn(msg.cannot_post(MARKUP, "C1")),
     "opened-notice": lambda: msg.request_opened_notice(hostile_request(), MARKUP, None),
     "approved-notice": lambda: msg.request_approved_notice(hostile_request(), ["UBOB"], None),
     "decided-notice": lambda: msg.request_decided_notice(hostile_request(), "rejected", "U", None),

@@ -19,7 +19,13 @@ what a user would see rather than on mocks:
 Every Block Kit payload is checked with `bot.devtools.blockkit_check`; one Slack
 would refuse is answered `invalid_blocks` and kept in `fake.invalid_payloads`.
 
-Standard library and slack_sdk only: the installed package ships this module.
+`fake.socket_mode()` turns Socket Mode on: `apps.connections.open` (with an app-level
+`xapp-` token) then hands out URLs of a loopback WebSocket endpoint
+(bot.devtools.socket_mode) that delivers envelopes to the app. Without it the method
+answers `unknown_method`, as for an app that has no Socket Mode.
+
+Standard library and slack_sdk only (websockets for Socket Mode): the installed package
+ships this module.
 """
 
 from __future__ import annotations
@@ -39,10 +45,13 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 from bot.devtools.blockkit_check import message_warnings, validate_message_blocks, validate_view
+
+if TYPE_CHECKING:
+    from bot.devtools.socket_mode import FakeSocketMode
 
 __all__ = [
     "DEFAULT_BOT_USER_ID",
@@ -91,7 +100,10 @@ METHOD_SCOPES: dict[str, tuple[str, ...]] = {
     "usergroups.users.list": ("usergroups:read",),
     "users.info": ("users:read",),
     "conversations.info": ("channels:read", "groups:read", "im:read", "mpim:read"),
+    "apps.connections.open": (),  # the app-level token's connections:write
 }
+# Methods called with the app-level token (xapp-), not the bot token.
+APP_TOKEN_METHODS = frozenset({"apps.connections.open"})
 
 
 # -- what the fake records ----------------------------------------------------------------
@@ -271,6 +283,7 @@ class FakeSlack:
         self._ids = itertools.count(1)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._socket_mode: FakeSocketMode | None = None
         self._clear_state()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -291,6 +304,9 @@ class FakeSlack:
         return self
 
     def stop(self) -> None:
+        socket_mode, self._socket_mode = self._socket_mode, None
+        if socket_mode is not None:
+            socket_mode.stop()
         server, self._server = self._server, None
         if server is None:
             return
@@ -326,6 +342,16 @@ class FakeSlack:
         if not token or not token.startswith("xoxb-"):
             return False
         return self.valid_tokens is None or token in self.valid_tokens
+
+    def socket_mode(self) -> FakeSocketMode:
+        """Turn Socket Mode on (once) and return its WebSocket endpoint; stopped with
+        the fake. Any `xapp-` token opens a connection (`valid_tokens` restricts them)."""
+        from bot.devtools.socket_mode import FakeSocketMode  # websockets: only if asked
+
+        with self._lock:
+            if self._socket_mode is None:
+                self._socket_mode = FakeSocketMode().start()
+            return self._socket_mode
 
     # -- set-up helpers ----------------------------------------------------------------
 
@@ -587,8 +613,7 @@ class FakeSlack:
                     raise _ApiError("unknown_method")
                 if not token:
                     raise _ApiError("not_authed")
-                if not self.bot_token_ok(token):
-                    raise _ApiError("invalid_auth")
+                self._check_token(method, token)
                 fault = self._take_fault(method)
                 if fault is not None:
                     return self._answer_fault(method, params, fault)
@@ -612,6 +637,18 @@ class FakeSlack:
         self._calls.append(Call(method, params, time.time(), False, fault.error, fault.status))
         self._touch()
         return fault.status, body, headers
+
+    def _check_token(self, method: str, token: str) -> None:
+        if method not in APP_TOKEN_METHODS:
+            if not self.bot_token_ok(token):
+                raise _ApiError("invalid_auth")
+            return
+        if token.startswith(("xoxb-", "xoxp-")):
+            raise _ApiError("not_allowed_token_type")
+        if not token.startswith("xapp-") or (
+            self.valid_tokens is not None and token not in self.valid_tokens
+        ):
+            raise _ApiError("invalid_auth")
 
     def _check_scope(self, method: str) -> None:
         needed = METHOD_SCOPES.get(method, ())
@@ -730,6 +767,11 @@ class FakeSlack:
             target.blocks = copy.deepcopy(params["blocks"]) or None
         if "attachments" in params and isinstance(target, Message):
             target.attachments = copy.deepcopy(params["attachments"]) or None
+
+    def _api_apps_connections_open(self, params: dict[str, Any]) -> dict[str, Any]:
+        if self._socket_mode is None:
+            raise _ApiError("unknown_method")
+        return {"url": self._socket_mode.issue_url()}
 
     def _api_auth_test(self, params: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -1035,6 +1077,7 @@ _METHODS: dict[str, Callable[[FakeSlack, dict[str, Any]], dict[str, Any]]] = {
     "usergroups.users.list": FakeSlack._api_usergroups_users_list,
     "users.info": FakeSlack._api_users_info,
     "conversations.info": FakeSlack._api_conversations_info,
+    "apps.connections.open": FakeSlack._api_apps_connections_open,
 }
 
 

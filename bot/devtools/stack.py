@@ -1,6 +1,11 @@
 """A whole snapbot on loopback: the provider simulator, the fake Slack Web API and the
 real app (build_runtime + the WSGI app) served over HTTP. The demo, the shell and
 the end-to-end tests drive it with requests signed exactly as Slack signs them.
+
+With ``LocalStack(socket_mode=True)`` the same app runs in Socket Mode instead: no HTTP
+server; slack_bolt's SocketModeHandler (as `snapbot serve` starts it when
+SLACK_APP_TOKEN is set) connects to the fake Slack's WebSocket endpoint
+(bot.devtools.socket_mode), and a SlackUser's commands and presses go there as envelopes.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import httpx
+from slack_bolt.adapter.socket_mode import SocketModeHandler
 
 from bot.config import Settings, load_settings
 from bot.devtools.fake_slack import FakeSlack
@@ -25,6 +31,7 @@ from bot.devtools.slack_signing import (
     slash_command_body,
     view_submission_body,
 )
+from bot.devtools.socket_mode import Ack, FakeSocketMode
 from bot.runtime import Runtime, build_runtime
 from bot.services import Actor
 from bot.vps.simulator import SimHandle, start_simulator
@@ -41,6 +48,7 @@ _SALT = hashlib.sha256(b"snapbot local stack secrets").hexdigest()
 SIGNING_SECRET = "local-signing-secret-" + _SALT[:24]
 BOT_TOKEN = "xoxb-local-bot-token-" + _SALT[24:40]
 VPS_TOKEN = "local-vps-token-" + _SALT[40:56]
+APP_TOKEN = "xapp-1-local-app-token-" + _SALT[56:64]
 INCIDENT_CHANNEL = "CINCIDENT"
 RESTORE_CALL = "POST snapshots/{id}/restore/"  # the simulator's counter key
 
@@ -87,13 +95,14 @@ def serve_wsgi(app, host: str = "127.0.0.1", port: int = 0) -> tuple[WSGIServer,
 
 @dataclass
 class SlackUser:
-    """One person in the fake workspace: types commands, presses buttons."""
+    """One person in the fake workspace: types commands, presses buttons. Each returns
+    what Slack got back: the HTTP response, or in Socket Mode the envelope's ack."""
 
     stack: LocalStack
     user_id: str
     channel: str = "C1"
 
-    def command(self, text: str, *, channel: str | None = None, **kw) -> httpx.Response:
+    def command(self, text: str, *, channel: str | None = None, **kw) -> httpx.Response | Ack:
         channel = channel or self.channel
         fake = self.stack.slack
         body = slash_command_body(
@@ -103,9 +112,11 @@ class SlackUser:
             response_url=fake.response_url("command", channel=channel, user=self.user_id),
             trigger_id=fake.new_trigger_id(),
         )
-        return self.stack.client.post(body, **kw)
+        return self.stack.send(body, **kw)
 
-    def press(self, message, action_id: str, *, value: str | None = None, **kw) -> httpx.Response:
+    def press(
+        self, message, action_id: str, *, value: str | None = None, **kw
+    ) -> httpx.Response | Ack:
         fake = self.stack.slack
         channel = getattr(message, "channel", None) or self.channel
         ts = getattr(message, "ts", None) or getattr(message, "message_ts", None)
@@ -119,11 +130,11 @@ class SlackUser:
             ),
             trigger_id=fake.new_trigger_id(),
         )
-        return self.stack.client.post(body, **kw)
+        return self.stack.send(body, **kw)
 
     def submit(
         self, callback_id: str, values: dict, *, private_metadata: str = ""
-    ) -> httpx.Response:
+    ) -> httpx.Response | Ack:
         """Submit a modal; without ``private_metadata``, the one snapbot seals for a
         modal this user opened in their channel (with no response_url)."""
         opener = Actor(user=self.user_id, channel=self.channel)
@@ -133,7 +144,7 @@ class SlackUser:
             user_id=self.user_id,
             private_metadata=private_metadata or self.stack.services.seal_opener(opener),
         )
-        return self.stack.client.post(body)
+        return self.stack.send(body)
 
 
 @dataclass
@@ -144,6 +155,10 @@ class LocalStack:
     poll_seconds: float = 0.5
     settings_overrides: dict = field(default_factory=dict)
     start_duties: bool = True
+    socket_mode: bool = False
+    # The Socket Mode client pings this often, and checks its connection (reconnecting
+    # a dead one) as often: short, so a test's dropped connection comes back soon.
+    socket_ping_interval: float = 2.0
 
     sim: SimHandle | None = None
     slack: FakeSlack | None = None
@@ -151,6 +166,8 @@ class LocalStack:
     server: WSGIServer | None = None
     url: str = ""
     client: SlackClientSim | None = None
+    socket: FakeSocketMode | None = None
+    handler: SocketModeHandler | None = None
     _tmp: tempfile.TemporaryDirectory | None = None
 
     def start(self) -> LocalStack:
@@ -172,7 +189,11 @@ class LocalStack:
             self.database_url = f"sqlite:///{Path(self._tmp.name) / 'snapbot.db'}"
         values = {
             "slack_bot_token": BOT_TOKEN,
-            "slack_signing_secret": SIGNING_SECRET,
+            **(
+                {"slack_app_token": APP_TOKEN}
+                if self.socket_mode
+                else {"slack_signing_secret": SIGNING_SECRET}
+            ),
             "slack_api_url": self.slack.api_url,
             "vps_api_url": self.sim.url,
             "vps_api_token": VPS_TOKEN,
@@ -186,10 +207,28 @@ class LocalStack:
         self.runtime = build_runtime(
             settings, start_duties=self.start_duties, poll_interval=self.poll_seconds
         )
+        if self.socket_mode:
+            self.socket = self.slack.socket_mode()
+            self.handler = SocketModeHandler(
+                self.runtime.app, APP_TOKEN, ping_interval=self.socket_ping_interval
+            )
+            self.handler.connect()
+            self.socket.wait_for(
+                lambda: any(link.open for link in self.socket.links),
+                what="the app's Socket Mode connection",
+            )
+            return self
         self.server, _ = serve_wsgi(WebApp(self.runtime))
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/slack/events"
         self.client = SlackClientSim(self.url, SIGNING_SECRET)
         return self
+
+    def send(self, body: bytes, **kw) -> httpx.Response | Ack:
+        """Deliver ``body`` as Slack would: POSTed and signed (``kw`` as for
+        SlackClientSim.post), or in Socket Mode as an envelope whose ack is waited for."""
+        if self.socket_mode:
+            return self.socket.wait_ack(self.socket.deliver(body, **kw))
+        return self.client.post(body, **kw)
 
     @property
     def settings(self) -> Settings:
@@ -221,6 +260,8 @@ class LocalStack:
         self.slack.wait_for(self.settled, timeout, what="the app to finish its work")
 
     def stop(self) -> None:
+        if self.handler is not None:
+            self.handler.close()
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()

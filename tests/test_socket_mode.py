@@ -7,6 +7,9 @@ provider simulator runs over loopback HTTP and counts the restores."""
 from __future__ import annotations
 
 import re
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -25,12 +28,14 @@ from bot.devtools.slack_signing import (
     view_submission_body,
 )
 from bot.devtools.socket_mode import socket_mode_payload
-from bot.devtools.stack import APP_TOKEN, BOT_TOKEN, LocalStack
+from bot.devtools.stack import APP_TOKEN, BOT_TOKEN, VPS_TOKEN, LocalStack
+from bot.vps.simulator import start_simulator
 from storage import repositories as repo
 from storage.db import session_scope
 from storage.tables import Job, RestoreRequest, Watch
 from tests.conftest import wait_until
 from tests.e2e_helpers import channel_messages, restore_calls, texts, wait_for_ephemeral
+from tests.procs import snapbot_env
 
 SNAPSHOT = 801  # seeded: web-server-01's newest snapshot
 EMPTY_SERVER = 12346  # db-server-01: no snapshots
@@ -322,3 +327,61 @@ def test_apps_connections_open_wants_an_app_level_token():
         with pytest.raises(SlackApiError) as none:
             client.api_call("apps.connections.open")
         assert none.value.response["error"] == "not_authed"
+
+
+# -- `snapbot serve` with SLACK_APP_TOKEN: the production entry point --------------------------
+
+
+@pytest.mark.slow
+def test_snapbot_serve_with_an_app_token_answers_commands_over_the_socket_and_stops_on_sigterm(
+    tmp_path,
+):
+    sim = start_simulator(token=VPS_TOKEN)
+    fake = FakeSlack().start()
+    socket = fake.socket_mode()
+    env = snapbot_env(
+        {
+            "SLACK_BOT_TOKEN": BOT_TOKEN,
+            "SLACK_APP_TOKEN": APP_TOKEN,
+            "SLACK_API_URL": fake.api_url,
+            "VPS_API_URL": sim.url,
+            "VPS_API_TOKEN": VPS_TOKEN,
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}",
+        }
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bot", "serve"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        socket.wait_for(lambda: socket.links, 60, what="`snapbot serve` to connect")
+        for i in range(3):
+            body = slash_command_body(
+                f"list {EMPTY_SERVER}",
+                user_id="U1",
+                response_url=fake.response_url(f"serve-{i}", channel="C1", user="U1"),
+            )
+            assert socket.wait_ack(socket.deliver(body), 30).payload == {"text": WORKING_ON_LIST}
+        fake.wait_for(
+            lambda: all(fake.responses(f"serve-{i}") for i in range(3)),
+            30,
+            what="an answer to each command",
+        )
+        assert [r.payload["text"] for i in range(3) for r in fake.responses(f"serve-{i}")] == [
+            NO_SNAPSHOTS
+        ] * 3
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+        fake.stop()
+        sim.stop()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err

@@ -19,10 +19,11 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from urllib.parse import urlsplit
 
+import httpx
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
-from slack_sdk.webhook import WebhookClient
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -56,6 +57,45 @@ def is_transient(error: str, status: int) -> bool:
     return error in TRANSIENT or status == 429 or status >= 500
 
 
+# Where Slack puts response_urls (SPEC 14.6). Anything else in a payload's
+# response_url (the database port, a loopback service, a redirector) is not Slack's.
+RESPONSE_URL_HOSTS = frozenset({"hooks.slack.com", "hooks.slack-gov.com"})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of ``url``; None when it has credentials or is not a URL."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
+    except ValueError:
+        return None
+    if parts.username is not None or not parts.hostname or port is None:
+        return None
+    return parts.scheme, parts.hostname, port
+
+
+def trusted_response_url(url: str, api_url: str) -> bool:
+    """``https`` on Slack's hooks hosts, or the origin of SLACK_API_URL (a local
+    stand-in for Slack serves both there)."""
+    origin = _origin(url)
+    if origin is None:
+        return False
+    scheme, host, port = origin
+    if scheme == "https" and host in RESPONSE_URL_HOSTS and port == 443:
+        return True
+    return origin == _origin(api_url)
+
+
+def _shown(url: str) -> str:
+    """A response_url for the log: its path is the secret that lets anyone answer."""
+    origin = _origin(url)
+    if origin is None:
+        return "(not a URL)"
+    scheme, host, port = origin
+    return f"{scheme}://{host}:{port}"
+
+
 @dataclass(frozen=True, slots=True)
 class Delivery:
     sent: bool
@@ -72,13 +112,15 @@ class Outbox:
         *,
         owner: str,
         clock: Callable[[], datetime],
-        webhook_factory: Callable[[str], WebhookClient] | None = None,
+        webhooks: httpx.Client | None = None,
     ) -> None:
         self.engine = engine
         self.slack = slack
         self.owner = owner
         self.clock = clock
-        self._webhook = webhook_factory or (lambda url: WebhookClient(url, timeout=10))
+        # Redirects are never followed: a 3xx from a response_url is an answer, not a
+        # new address to post the user's message to (SPEC 14.6).
+        self._webhooks = webhooks or httpx.Client(timeout=10, follow_redirects=False)
 
     # --- queueing (inside the caller's unit of work) ---
 
@@ -138,7 +180,15 @@ class Outbox:
         key: str | None = None,
     ) -> int | None:
         """An answer only the actor sees: through response_url where Slack gave one,
-        else (or if Slack refuses that for good) chat.postEphemeral."""
+        else (or if Slack refuses that for good) chat.postEphemeral. A response_url
+        that is not where Slack puts them is refused (logged here, once, without its
+        path) and the Web API answers instead."""
+        if response_url and not trusted_response_url(response_url, self.slack.base_url):
+            log.warning(
+                "response_url refused: %s is not Slack's; answering with chat.postEphemeral",
+                _shown(response_url),
+            )
+            response_url = None
         if response_url:
             body = {"response_type": "ephemeral", **message}
             if replace_original:
@@ -248,11 +298,14 @@ class Outbox:
     def _send(self, method: str, payload: dict) -> Delivery:
         try:
             if method == "response_url":
-                resp = self._webhook(payload["url"]).send_dict(payload["body"])
+                try:
+                    resp = self._webhooks.post(payload["url"], json=payload["body"])
+                except httpx.HTTPError as exc:
+                    return Delivery(False, error=f"response_url {type(exc).__name__}")
                 if resp.status_code == 200:
                     return Delivery(True)
-                error = f"response_url {resp.status_code} {resp.body[:80]}"
-                if is_transient(resp.body or "", resp.status_code):
+                error = f"response_url {resp.status_code} {resp.text[:80]}"
+                if is_transient(resp.text, resp.status_code):
                     return Delivery(False, error=error)
                 return self._ephemeral_instead(payload, error)
             resp = self.slack.api_call(method, json=payload)

@@ -32,7 +32,7 @@ from bot.blocks.format import age, mention
 from bot.config import Settings
 from bot.core import approval, authz, conversations, view_metadata
 from bot.core import commands as cmd
-from bot.core.errors import AlreadyOpen, LimitReached, NotAllowed, NotRestorable
+from bot.core.errors import LimitReached, NotAllowed, NotRestorable
 from bot.jobs import JobContext, JobRunner
 from bot.logs import event_line
 from bot.outbox import Delivery, Outbox
@@ -85,7 +85,8 @@ class Actor:
     team: str = ""
     response_url: str | None = None
     trigger_id: str | None = None
-    message_ts: str | None = None
+    message_ts: str | None = None  # the message a button sat on (channel: ``channel``)
+    thread_ts: str | None = None  # the thread that message is in, if any
     # Whose organisation the user is of (SPEC 13.5): their own team and Grid org, and
     # the installing team as the request names it (a Slack Connect partner's
     # ``user.team_id`` differs from it).
@@ -111,6 +112,7 @@ class Actor:
             enterprise=_text(p.get("enterprise")),
             home_team=_text(p.get("home_team", team)),
             channel_name=_text(p.get("channel_name")),
+            thread_ts=p.get("thread_ts"),
         )
 
 
@@ -959,9 +961,7 @@ class Services:
                     f"Snapshot {snap.name} is {snap.status}; only a completed snapshot can be "
                     "restored."
                 )
-            if (open_req := self._open_request(snapshot_id)) is not None:
-                raise AlreadyOpen(open_req.id, open_req.state)
-        except (NotRestorable, AlreadyOpen) as exc:
+        except NotRestorable as exc:
             self.record(
                 actor,
                 "restore.request",
@@ -973,7 +973,7 @@ class Services:
             return
         now = self.clock()
         with session_scope(self.engine) as s:
-            req = repo.add_restore_request(
+            req = repo.open_restore_request(
                 s,
                 RestoreRequest(
                     snapshot_id=snap.id,
@@ -991,16 +991,39 @@ class Services:
                     expires_at=now + self.policy.ttl,
                 ),
             )
-            key = request_key(req.id)
-            mid = self.outbox.post(s, actor.channel, msg.restore_request(req, (), now), key=key)
-            self.audit(
-                s,
-                actor,
-                "restore.request",
-                "ok",
-                target=f"request:{req.id} snapshot:{snap.id} server:{snap.server.id}",
-                detail=reason,
-            )
+            if req is None:
+                # The unique index refused it: another request holds this snapshot
+                # (SPEC 14.2). Its row is committed by now, so this read finds it.
+                held = repo.open_request_for_snapshot(s, snapshot_id=snap.id)
+                self.audit(
+                    s,
+                    actor,
+                    "restore.request",
+                    "denied",
+                    target=target,
+                    detail=f"request #{held.id} already {held.state}" if held else "already open",
+                )
+                mid = self.outbox.respond(
+                    s,
+                    response_url=actor.response_url,
+                    channel=actor.channel,
+                    user=actor.user,
+                    message=msg.request_already_open(held),
+                )
+            else:
+                key = request_key(req.id)
+                mid = self.outbox.post(s, actor.channel, msg.restore_request(req, (), now), key=key)
+                self.audit(
+                    s,
+                    actor,
+                    "restore.request",
+                    "ok",
+                    target=f"request:{req.id} snapshot:{snap.id} server:{snap.server.id}",
+                    detail=reason,
+                )
+        if req is None:
+            self.outbox.flush([mid])
+            return
         (delivery,) = self.outbox.flush([mid])
         if not delivery.sent and not delivery.permanent:
             delivery = self._await_delivery(key, delivery)
@@ -1039,7 +1062,7 @@ class Services:
             mid = self.notify_incident(
                 s,
                 msg.request_opened_notice(req, reason, link),
-                key=f"incident:req:{req.id}:opened",
+                key=incident_key(req.id, "opened"),
             )
         self.outbox.flush([mid])
 
@@ -1066,6 +1089,27 @@ class Services:
         req = repo.get_restore_request(s, request_id=request_id, lock=lock)
         return req, (repo.approvers_of(s, request_id=request_id) if req else frozenset())
 
+    def _pressed_on_request(self, s, actor: Actor, req: RestoreRequest) -> bool:
+        """SPEC 14.7: a request's buttons count only on a message snapbot posted for it:
+        the request message (its ts is also in the outbox before the request row has
+        it), a message in its thread, or its incident notice. A button value naming
+        another request, on any other message, decides nothing."""
+        if not actor.message_ts or not actor.channel:
+            return False
+        posted = req.message_ts or repo.message_by_key(s, key=request_key(req.id))[1]
+        if (
+            posted
+            and actor.channel == req.channel
+            and posted in (actor.message_ts, actor.thread_ts)
+        ):
+            return True
+        notice = repo.message_by_key(s, key=incident_key(req.id, "opened"))[1]
+        return (
+            notice is not None
+            and actor.channel == self.settings.incident_channel
+            and notice in (actor.message_ts, actor.thread_ts)
+        )
+
     def _locked_request(
         self, s, actor: Actor, request_id: int, action: str
     ) -> tuple[RestoreRequest | None, frozenset[str]]:
@@ -1086,6 +1130,11 @@ class Services:
             req, approvals = self._locked_request(s, actor, request_id, "restore.approve")
             if req is None:
                 decision = None
+            elif not self._pressed_on_request(s, actor, req):
+                decision = None
+                self.audit(
+                    s, actor, "restore.approve", "denied", target=target, detail="not its message"
+                )
             else:
                 view = _view(req, approvals)
                 # The quorum is the one the request was opened with (and shows), even if
@@ -1123,7 +1172,12 @@ class Services:
                     detail=decision.verdict.value,
                 )
         if decision is None:
-            self.answer(actor, msg.error_message(f"Restore request #{request_id} does not exist."))
+            self.answer(
+                actor,
+                msg.click_not_on_request(request_id)
+                if req is not None
+                else msg.error_message(f"Restore request #{request_id} does not exist."),
+            )
             return
         if (
             decision.verdict == approval.Verdict.RECORD
@@ -1178,6 +1232,11 @@ class Services:
             req, approvals = self._locked_request(s, actor, request_id, "restore.reject")
             if req is None:
                 decision = None
+            elif not self._pressed_on_request(s, actor, req):
+                decision = None
+                self.audit(
+                    s, actor, "restore.reject", "denied", target=target, detail="not its message"
+                )
             else:
                 view = _view(req, approvals)
                 decision = approval.decide_rejection(view, actor.user, self.policy, now, groups)
@@ -1203,7 +1262,12 @@ class Services:
                     s, actor, action, decision.outcome, target=target, detail=decision.verdict.value
                 )
         if decision is None:
-            self.answer(actor, msg.error_message(f"Restore request #{request_id} does not exist."))
+            self.answer(
+                actor,
+                msg.click_not_on_request(request_id)
+                if req is not None
+                else msg.error_message(f"Restore request #{request_id} does not exist."),
+            )
             return
         if decision.new_state is None or decision.outcome == "denied":
             self._answer_decision(actor, req, decision)
@@ -1515,6 +1579,11 @@ def request_edit_keys(request_id: int, state: str, approvals: int) -> tuple[str,
     else:  # executing, succeeded, failed, interrupted: after the approval
         before = key(approval.State.APPROVED, approvals)
     return key(state, approvals), before
+
+
+def incident_key(request_id: int, event: str) -> str:
+    """The outbox key of a request's incident notice; the sent row keeps the notice's ts."""
+    return f"incident:req:{request_id}:{event}"
 
 
 def progress_key(parent_key: str) -> str:

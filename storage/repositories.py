@@ -458,10 +458,16 @@ def count_jobs(session: Session, *, states: Sequence[str]) -> int:
 # --- restore requests ------------------------------------------------------------------
 
 
-def add_restore_request(session: Session, request: RestoreRequest) -> RestoreRequest:
-    session.add(request)
-    session.flush()
-    return request
+def open_restore_request(session: Session, request: RestoreRequest) -> RestoreRequest | None:
+    """Store a new active request, or None when its snapshot already has one: the
+    partial unique index (storage/tables.py) refuses the second of two racing inserts
+    on both databases, so there is no window between a check and the insert. On
+    PostgreSQL the loser waits for the winner's commit, then reads it (a new statement
+    in READ COMMITTED); on SQLite the writers already take turns."""
+    values = request.model_dump(exclude={"id"})
+    stmt = _insert(session, RestoreRequest).values(**values).on_conflict_do_nothing()
+    row_id = session.execute(stmt.returning(RestoreRequest.id)).scalar_one_or_none()
+    return None if row_id is None else session.get(RestoreRequest, row_id)
 
 
 def get_restore_request(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import BigInteger, Column, DateTime, Index, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Column, DateTime, Index, Text, UniqueConstraint, text
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -72,8 +72,25 @@ class AuditHead(SQLModel, table=True):
     hash: str
 
 
+# A request holds its snapshot while in one of these states (bot/core/approval.py's
+# ACTIVE_STATES); the partial unique index below lets only one request hold it.
+ACTIVE_REQUEST = text("state IN ('pending', 'approved', 'executing')")
+
+
 class RestoreRequest(SQLModel, table=True):
+    """One active request per snapshot is the database's promise, not a check before
+    the insert: two requests opened at the same instant race for the unique index."""
+
     __tablename__ = "restore_request"
+    __table_args__ = (
+        Index(
+            "uq_restore_request_active_snapshot",
+            "snapshot_id",
+            unique=True,
+            sqlite_where=ACTIVE_REQUEST,
+            postgresql_where=ACTIVE_REQUEST,
+        ),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     snapshot_id: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))

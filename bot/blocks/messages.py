@@ -472,6 +472,28 @@ def restore_request(
     )
 
 
+def request_already_open(held) -> dict:
+    """To the second of two requesters: the snapshot's active request, and whose it is.
+    ``held`` is None when that request closed again before it could be read."""
+    if held is None:
+        return error_message(
+            "Another restore request for this snapshot was open a moment ago; "
+            "run the command again."
+        )
+    return error_mrkdwn(
+        f"Restore request #{held.id} for this snapshot is already {held.state}, "
+        f"opened by {mention(held.requester)}."
+    )
+
+
+def click_not_on_request(request_id: int) -> dict:
+    """SPEC 14.7: Approve and Reject count only on a message snapbot posted for that request."""
+    return error_message(
+        f"That button is not on a message snapbot posted for restore request #{request_id}, "
+        "so it did nothing. Use the buttons on the request message itself."
+    )
+
+
 def thread_note(mrkdwn: str) -> dict:
     return _payload(mrkdwn, [_section(mrkdwn)])
 

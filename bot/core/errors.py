@@ -4,8 +4,7 @@ bot/vps/errors.py; bot/user_messages.py turns both into what the user reads.
     SnapbotError
      ├── NotAllowed          the actor is not on the list; says who may instead
      ├── LimitReached        5 snapshots on the server already; names the oldest
-     ├── NotRestorable       the snapshot is not completed (or is gone)
-     └── AlreadyOpen         a restore of that snapshot is already waiting or running
+     └── NotRestorable       the snapshot is not completed (or is gone)
 """
 
 from __future__ import annotations
@@ -36,8 +35,3 @@ class LimitReached(SnapbotError):
 class NotRestorable(SnapbotError):
     pass
 
-
-class AlreadyOpen(SnapbotError):
-    def __init__(self, request_id: int, state: str) -> None:
-        super().__init__(f"Restore request #{request_id} for this snapshot is already {state}.")
-        self.request_id = request_id

@@ -11,9 +11,12 @@ from bot.services import Actor
 
 
 def action_payload(body: dict, action: dict) -> dict:
+    # Where the button was pressed: the container names the message (and its thread)
+    # even when it is ephemeral and Slack sends no `message` (SPEC 14.7 binds on it).
     container = body.get("container") or {}
     channel_info = body.get("channel") or {}
     channel = channel_info.get("id") or container.get("channel_id", "")
+    message = body.get("message") or {}
     return {
         "action_id": str(action.get("action_id", ""))[:255],
         "value": str(action.get("value", ""))[:2000],
@@ -22,7 +25,8 @@ def action_payload(body: dict, action: dict) -> dict:
         "channel_name": name if isinstance(name := channel_info.get("name"), str) else "",
         "response_url": body.get("response_url"),
         "trigger_id": body.get("trigger_id"),
-        "message_ts": container.get("message_ts") or (body.get("message") or {}).get("ts"),
+        "message_ts": container.get("message_ts") or message.get("ts"),
+        "thread_ts": container.get("thread_ts") or message.get("thread_ts"),
     }
 
 

@@ -16,6 +16,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from alembic import command
 
 from bot.blocks import ids
 from bot.devtools.fake_slack import FakeSlack
@@ -23,7 +24,7 @@ from bot.devtools.slack_signing import SlackClientSim, button_press_body, slash_
 from bot.devtools.stack import BOT_TOKEN, INCIDENT_CHANNEL, SIGNING_SECRET, VPS_TOKEN, LocalStack
 from bot.vps.simulator import start_simulator
 from storage import repositories as repo
-from storage.db import make_engine, session_scope
+from storage.db import alembic_config, make_engine, migrate, session_scope
 from storage.tables import AuditEvent, RestoreRequest
 from tests.conftest import wait_until
 from tests.procs import Proc, start_web
@@ -113,6 +114,33 @@ def test_an_approved_or_executing_request_still_holds_its_snapshot(engine, still
         assert repo.open_restore_request(s, new_request("UBOB")) is None
         # Another snapshot is not held by it.
         assert repo.open_restore_request(s, new_request("UBOB", snapshot_id=802)) is not None
+
+
+def test_the_migration_closes_duplicates_the_race_left_behind_then_builds_the_index(db_url):
+    """A database the old race wrote two pending requests into still upgrades: the
+    later pending one is cancelled; an approved one is kept over an older pending one."""
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            cfg = alembic_config(engine)
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0001")
+            conn.commit()
+        rows = [(801, "pending"), (801, "pending"), (802, "pending"), (802, "approved")]
+        with session_scope(engine) as s:
+            for i, (snapshot_id, state) in enumerate(rows):
+                row = new_request(f"U{i}", snapshot_id=snapshot_id)
+                row.state = state
+                s.add(row)
+                s.flush()  # ids in this order
+        migrate(engine)
+        with session_scope(engine, readonly=True) as s:
+            states = {r.id: r.state for r in repo.requests_in_state(s, states=ACTIVE + CLOSED)}
+        assert states == {1: "pending", 2: "cancelled", 3: "cancelled", 4: "approved"}
+        with session_scope(engine) as s:
+            assert repo.open_restore_request(s, new_request("U9", snapshot_id=801)) is None
+    finally:
+        engine.dispose()
 
 
 # --- the bot in one process: the second requester is told ---------------------------------------

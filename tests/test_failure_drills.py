@@ -588,8 +588,14 @@ def test_sqlite_under_sixteen_concurrent_writers_never_says_database_is_locked(t
         state.advance(10)
         for i, sid in enumerate(snapshots):
             stack.user(f"UREQ{i}").command(f"restore {sid} writers")
-        wait_until(lambda: len(requests_of(stack.runtime.engine)) == 4, 10, interval=0.05)
+        wait_until(
+            lambda: sum(1 for r in requests_of(stack.runtime.engine) if r.message_ts) == 4,
+            10,
+            interval=0.05,
+        )
         requests = [r.id for r in requests_of(stack.runtime.engine)]
+        # Each approver presses on the request's own message (SPEC 14.7).
+        posted = {r.id: r.message_ts for r in requests_of(stack.runtime.engine)}
 
         other_engine = make_engine(url)
         second = Services(
@@ -605,7 +611,9 @@ def test_sqlite_under_sixteen_concurrent_writers_never_says_database_is_locked(t
 
         def writer(n: int) -> None:
             svc = services[n % 2]
-            actor = Actor(user=f"UW{n:02d}", channel="C1", team="T1")
+            actor = Actor(
+                user=f"UW{n:02d}", channel="C1", team="T1", message_ts=posted[requests[n % 4]]
+            )
             try:
                 barrier.wait()
                 for k in range(rounds):

@@ -124,7 +124,7 @@ def test_the_migration_closes_duplicates_the_race_left_behind_then_builds_the_in
         with engine.connect() as conn:
             cfg = alembic_config(engine)
             cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "0001")
+            command.upgrade(cfg, "0002_snapshot_deletion")
             conn.commit()
         rows = [(801, "pending"), (801, "pending"), (802, "pending"), (802, "approved")]
         with session_scope(engine) as s:

@@ -81,9 +81,16 @@ ENV_VARS: Mapping[str, str] = {
 }
 _ORDER = {var: i for i, var in enumerate(ENV_VARS.values())}
 
-_SUBJECT_ID_RE = re.compile(r"[UWS][A-Z0-9]{2,}")  # users (U, W) and user groups (S)
+# Slack's ID shapes (SPEC 14.3): a kind letter, then one or more upper-case letters or digits.
+_SUBJECT_ID_RE = re.compile(r"[UWS][A-Z0-9]+")  # users (U, W) and user groups (S)
 _TEAM_ID_RE = re.compile(r"T[A-Z0-9]+")
 _CHANNEL_ID_RE = re.compile(r"[CGD][A-Z0-9]{2,}")
+# What .env.example ships with: copied unchanged, these would start a bot that cannot
+# work (or lets the example's people in), so they count as missing (SPEC 13.7).
+_PLACEHOLDER_RE = re.compile(r"replace-with", re.IGNORECASE)
+_EXAMPLE_IDS = frozenset(
+    {"C0123ABCD", "U0123ABCD", "S0456EFGH", "U0789IJKL", "T0123ABCD", "T0456EFGH"}
+)
 _INT_RE = re.compile(r"[0-9]{1,9}")  # anything longer is out of every range we accept
 _FLOAT_RE = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")  # no sign, exponent, nan, inf
 _SQLITE_SCHEMES = frozenset({"sqlite", "sqlite+pysqlite"})
@@ -156,7 +163,7 @@ class Settings:
     incident_channel: str | None = None
     snapshot_operators: frozenset[str] | None = None
     snapshot_approvers: frozenset[str] | None = None
-    # Other workspaces (Slack Connect) whose users may act; empty: only the installing one.
+    # Teams besides the installing workspace whose users may act (SPEC 13.5).
     slack_allowed_teams: frozenset[str] = frozenset()
     restore_approvals: int = 1
     approval_ttl_minutes: float = 60.0
@@ -249,11 +256,18 @@ def load_settings(
             raw.update({k: v for k, v in file_values.items() if v is not None})
     raw.update(os.environ if environ is None else environ)
 
+    placeholders: set[str] = set()
+
     def get(var: str) -> str | None:
         value = raw.get(var)
         if value is None:
             return None
         value = value.strip()
+        if _is_placeholder(value):
+            if var not in placeholders:
+                placeholders.add(var)
+                problems.append(f"{var} is still the example value from .env.example")
+            return None
         return value or None
 
     kwargs: dict[str, Any] = {}
@@ -288,13 +302,17 @@ def load_settings(
             kwargs[name] = number
 
     if require_slack:
-        if not kwargs["slack_bot_token"]:
+        if not kwargs["slack_bot_token"] and "SLACK_BOT_TOKEN" not in placeholders:
             problems.append("SLACK_BOT_TOKEN is required (the bot token, xoxb-...)")
-        if "slack_signing_secret" not in kwargs and "slack_app_token" not in kwargs:
+        if (
+            "slack_signing_secret" not in kwargs
+            and "slack_app_token" not in kwargs
+            and not placeholders.intersection({"SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN"})
+        ):
             problems.append(
                 "SLACK_SIGNING_SECRET is required (or set SLACK_APP_TOKEN for Socket Mode)"
             )
-        if not kwargs["vps_api_token"]:
+        if not kwargs["vps_api_token"] and "VPS_API_TOKEN" not in placeholders:
             problems.append("VPS_API_TOKEN is required")
 
     try:
@@ -398,21 +416,16 @@ def _check_and_normalise(s: Settings) -> list[str]:
         )
 
     for name in ("snapshot_operators", "snapshot_approvers"):
-        ids, problem = _check_subjects(getattr(s, name))
+        ids, problem = _check_ids(getattr(s, name), _SUBJECT_ID_RE, _SUBJECTS)
         if problem:
             problems.append(f"{ENV_VARS[name]} {problem}")
         else:
             put(name, ids)
-
-    teams = s.slack_allowed_teams
-    if isinstance(teams, str):
-        teams = [t.strip() for t in teams.split(",") if t.strip()]
-    if not isinstance(teams, Iterable) or not all(
-        isinstance(t, str) and _TEAM_ID_RE.fullmatch(t) for t in teams
-    ):
-        problems.append("SLACK_ALLOWED_TEAMS must be comma-separated Slack team IDs like T0123ABCD")
+    teams, problem = _check_ids(s.slack_allowed_teams, _TEAM_ID_RE, _TEAMS)
+    if problem:
+        problems.append(f"SLACK_ALLOWED_TEAMS {problem}")
     else:
-        put("slack_allowed_teams", frozenset(teams))
+        put("slack_allowed_teams", teams or frozenset())
 
     for name, kind in _NUMBERS.items():
         value = getattr(s, name)
@@ -469,7 +482,15 @@ def _check_database_url(url: object) -> tuple[str, str | None]:
     return "", f"{rule} (got scheme {_quote(scheme)})"
 
 
-def _check_subjects(value: object) -> tuple[frozenset[str] | None, str | None]:
+_SUBJECTS = "Slack user (U..., W...) or user-group (S...) IDs"
+_TEAMS = "Slack team IDs (T...)"
+
+
+def _check_ids(
+    value: object, shape: re.Pattern[str], what: str
+) -> tuple[frozenset[str] | None, str | None]:
+    """A comma-separated list (or an iterable) of IDs of ``shape``; None when unset.
+    Every malformed item is named, so one run shows all that needs fixing."""
     if value is None:
         return None, None
     if isinstance(value, str):
@@ -478,21 +499,27 @@ def _check_subjects(value: object) -> tuple[frozenset[str] | None, str | None]:
         items: list[object] = [item.strip() for item in value.split(",")]
     elif isinstance(value, Iterable):
         items = [item.strip() if isinstance(item, str) else item for item in value]
+        if not items:
+            return None, None
     else:
-        return None, "must be comma-separated Slack user (U..., W...) or user-group (S...) IDs"
+        return None, f"must be comma-separated {what}"
     ids = [item for item in items if item != ""]
     if not ids:
         return None, "lists no IDs (leave it empty for the default)"
-    for item in ids:
-        if not isinstance(item, str) or not _SUBJECT_ID_RE.fullmatch(item):
-            return None, (
-                f"must list Slack user (U..., W...) or user-group (S...) IDs, "
-                f"comma-separated (got {_quote(item)})"
-            )
+    bad = [item for item in ids if not isinstance(item, str) or not shape.fullmatch(item)]
+    if bad:
+        shown = ", ".join(_quote(item) for item in bad[:5]) + (", ..." if len(bad) > 5 else "")
+        return None, f"must list {what}, comma-separated (got {shown})"
     return frozenset(ids), None
 
 
 # --- small helpers ------------------------------------------------------------------
+
+
+def _is_placeholder(value: str) -> bool:
+    if _PLACEHOLDER_RE.search(value):
+        return True
+    return any(item.strip() in _EXAMPLE_IDS for item in value.split(","))
 
 
 def _is_token(value: str) -> bool:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -249,6 +251,13 @@ def test_commands_without_slack_still_check_what_is_given() -> None:
         ("SNAPSHOT_OPERATORS", ","),
         ("SNAPSHOT_APPROVERS", "u01aaa"),
         ("SNAPSHOT_APPROVERS", "C0CHANNEL"),
+        ("SNAPSHOT_APPROVERS", "U"),
+        ("SNAPSHOT_APPROVERS", "U01-AAA"),
+        ("SNAPSHOT_OPERATORS", "S01aaa"),
+        ("SLACK_ALLOWED_TEAMS", "U01AAA"),
+        ("SLACK_ALLOWED_TEAMS", "t01aaa"),
+        ("SLACK_ALLOWED_TEAMS", "T"),
+        ("SLACK_ALLOWED_TEAMS", "E01ORG"),
         ("INCIDENT_CHANNEL", "general"),
         ("INCIDENT_CHANNEL", "#incidents"),
         ("LOG_LEVEL", "LOUD"),
@@ -313,6 +322,36 @@ def test_postgres_urls_mean_psycopg(url: str) -> None:
     assert s.is_postgres
 
 
+def test_id_lists_take_slacks_shapes_down_to_one_character_after_the_letter() -> None:
+    s = load(
+        {
+            **MINIMAL,
+            "SNAPSHOT_OPERATORS": "U1,W2,S3,U012AB3CD",
+            "SNAPSHOT_APPROVERS": "S0AB",
+            "SLACK_ALLOWED_TEAMS": " T1 , T0PARTNER ",
+        }
+    )
+    assert s.snapshot_operators == frozenset({"U1", "W2", "S3", "U012AB3CD"})
+    assert s.snapshot_approvers == frozenset({"S0AB"})
+    assert s.slack_allowed_teams == frozenset({"T1", "T0PARTNER"})
+
+
+def test_slack_allowed_teams_unset_means_only_the_installing_workspace() -> None:
+    assert load(MINIMAL).slack_allowed_teams == frozenset()
+    assert Settings(slack_bot_token="xoxb-t", vps_api_token="t").slack_allowed_teams == frozenset()
+
+
+def test_every_malformed_id_in_a_list_is_named_in_the_one_line() -> None:
+    error = problems_of(
+        {**MINIMAL, "SNAPSHOT_OPERATORS": "U1,bob,u2", "SLACK_ALLOWED_TEAMS": "T1,C1,T-2"}
+    )
+    assert "\n" not in str(error)
+    operators, teams = error.problems
+    assert operators.startswith("SNAPSHOT_OPERATORS ") and "'bob'" in operators
+    assert "'u2'" in operators and "'U1'" not in operators
+    assert teams.startswith("SLACK_ALLOWED_TEAMS ") and "'C1'" in teams and "'T-2'" in teams
+
+
 def test_log_level_is_case_insensitive() -> None:
     assert load({**MINIMAL, "LOG_LEVEL": "Error"}).log_level == "ERROR"
 
@@ -368,3 +407,63 @@ def test_load_or_exit_prints_one_line_and_exits_2(capsys) -> None:
 
 def test_load_or_exit_returns_settings_when_fine() -> None:
     assert load_or_exit(MINIMAL, env_file=None).port == 3000
+
+
+# --- .env.example -------------------------------------------------------------------------
+
+ENV_EXAMPLE = Path(__file__).resolve().parents[1] / ".env.example"
+
+
+def test_env_example_as_is_is_refused_naming_each_placeholder_like_a_missing_value() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({}, env_file=ENV_EXAMPLE)
+    assert [p.split()[0] for p in caught.value.problems] == [
+        "SLACK_BOT_TOKEN",
+        "SLACK_SIGNING_SECRET",
+        "VPS_API_TOKEN",
+    ]
+    assert all("example value" in p for p in caught.value.problems)
+    assert "replace-with" not in str(caught.value)
+
+
+def test_env_example_with_every_example_filled_in_is_refused_for_each_example_value(
+    tmp_path,
+) -> None:
+    example = ENV_EXAMPLE.read_text(encoding="utf-8")
+    filled = tmp_path / ".env"
+    filled.write_text(re.sub(r"^# (?=[A-Z_]+=)", "", example, flags=re.M), encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_settings({}, env_file=filled)
+    assert [p.split()[0] for p in caught.value.problems] == [
+        "SLACK_BOT_TOKEN",
+        "SLACK_SIGNING_SECRET",
+        "SLACK_APP_TOKEN",
+        "VPS_API_TOKEN",
+        "INCIDENT_CHANNEL",
+        "SNAPSHOT_OPERATORS",
+        "SNAPSHOT_APPROVERS",
+        "SLACK_ALLOWED_TEAMS",
+        "AUDIT_KEY",
+    ]
+
+
+def test_env_example_with_its_placeholders_replaced_is_a_working_configuration(tmp_path) -> None:
+    example = ENV_EXAMPLE.read_text(encoding="utf-8")
+    real = re.sub(r"replace-with-[a-z-]+", "real-value-4242", example)
+    filled = tmp_path / ".env"
+    filled.write_text(real, encoding="utf-8")
+    s = load_settings({}, env_file=filled)
+    assert s.slack_bot_token == "xoxb-real-value-4242" and not s.socket_mode
+
+
+def test_env_example_documents_the_web_threads_the_code_defaults_to(monkeypatch) -> None:
+    import importlib
+
+    from bot import gunicorn_conf
+
+    monkeypatch.delenv("WEB_THREADS", raising=False)
+    importlib.reload(gunicorn_conf)
+
+    example = ENV_EXAMPLE.read_text(encoding="utf-8")
+    (documented,) = re.findall(r"^# WEB_THREADS=(\d+)$", example, flags=re.M)
+    assert int(documented) == gunicorn_conf.threads

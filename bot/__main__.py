@@ -10,7 +10,7 @@ import signal
 import sys
 from datetime import UTC, datetime
 
-from bot.config import load_or_exit
+from bot.config import exit_on_config_error, load_or_exit
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,22 +105,31 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+# A start-up problem (settings, DATABASE_URL, SLACK_BOT_TOKEN) is a ConfigError: one
+# line on stderr, exit 2, no traceback (SPEC 13.7).
+@exit_on_config_error
 def work(*, parent_pid: int | None) -> int:
     settings = load_or_exit()
     from bot.logs import configure_logging
+    from bot.runtime import check_startup
     from bot.worker import run_worker
 
     configure_logging(settings.log_level, secrets=settings.secrets())
-    return run_worker(settings, parent_pid=parent_pid)
+    install = check_startup(settings)
+    return run_worker(settings, parent_pid=parent_pid, install=install)
 
 
+@exit_on_config_error
 def serve() -> int:
     settings = load_or_exit()
     from bot.logs import configure_logging
+    from bot.runtime import check_startup
 
     configure_logging(settings.log_level, secrets=settings.secrets())
+    # Once, before gunicorn forks its workers (they inherit what was found).
+    install = check_startup(settings)
     if settings.socket_mode:
-        runtime, handler = socket_mode_handler(settings)
+        runtime, handler = socket_mode_handler(settings, install=install)
 
         def stop(*_):
             runtime.stop()
@@ -149,7 +158,7 @@ def serve() -> int:
     return run_gunicorn(settings)
 
 
-def socket_mode_handler(settings, *, start_duties: bool = True):
+def socket_mode_handler(settings, *, start_duties: bool = True, install=None):
     """(runtime, handler) for Socket Mode: the same app as over HTTP, but with request
     verification off (Slack's WebSocket carries no signature) and a slack_bolt
     SocketModeHandler on the app's own WebClient (so SLACK_API_URL applies). Nothing
@@ -158,18 +167,28 @@ def socket_mode_handler(settings, *, start_duties: bool = True):
 
     from bot.runtime import build_runtime
 
-    runtime = build_runtime(settings, start_duties=start_duties)
+    runtime = build_runtime(settings, start_duties=start_duties, install=install)
     return runtime, SocketModeHandler(runtime.app, settings.slack_app_token)
 
 
 def audit(args) -> int:
-    from bot.audit_tools import export, verify
-    from bot.core.audit_chain import parse_checkpoint
-    from storage.db import make_engine, migrate
+    from bot.config import ConfigError
 
-    settings = load_or_exit(require_slack=False)
-    engine = make_engine(settings.database_url)
-    migrate(engine)
+    try:
+        return _audit(args)
+    except ConfigError as exc:  # settings, or a DATABASE_URL that holds no audit log
+        print(str(exc), file=sys.stderr)
+        return 2
+
+
+def _audit(args) -> int:
+    from bot.audit_tools import HEAD_ROW, export, open_audit_log, verify
+    from bot.config import load_settings
+    from bot.core.audit_chain import parse_checkpoint
+
+    settings = load_settings(require_slack=False)
+    # Read only: a wrong directory or URL is an error, never a new, empty log.
+    engine = open_audit_log(settings)
     key = settings.audit_key.encode() if settings.audit_key else None
     if args.audit_command == "verify":
         checkpoint = None
@@ -183,8 +202,13 @@ def audit(args) -> int:
         if result.ok:
             print(f"audit log intact: {result.rows} rows, head {result.head_hash}")
             return 0
+        where = (
+            "the chain head (audit_head)"
+            if result.broken.row_id == HEAD_ROW
+            else f"row {result.broken.row_id}"
+        )
         print(
-            f"audit log BROKEN at row {result.broken.row_id}: {result.broken.why} "
+            f"audit log BROKEN at {where}: {result.broken.why} "
             f"({result.rows} rows verified before it)",
             file=sys.stderr,
         )

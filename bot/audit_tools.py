@@ -15,10 +15,19 @@ from datetime import datetime
 from typing import TextIO
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
+from bot.config import ConfigError, Settings
 from bot.core import audit_chain
 from storage import repositories as repo
-from storage.db import make_engine, session_scope
+from storage.db import (
+    DatabaseUnusable,
+    describe_failure,
+    has_table,
+    make_engine,
+    open_database,
+    session_scope,
+)
 
 EXPORT_FIELDS = (
     "id",
@@ -33,6 +42,33 @@ EXPORT_FIELDS = (
     "prev_hash",
     "hash",
 )
+
+
+# Broken.row_id naming the chain head (the audit_head row), not an audit row: those
+# are numbered from 1.
+HEAD_ROW = 0
+
+
+def open_audit_log(settings: Settings) -> Engine:
+    """The database holding snapbot's audit log, opened without creating anything: a
+    database that is not there, or holds no snapbot tables, is a ConfigError naming
+    DATABASE_URL (SPEC 13.8), never an empty log reported intact."""
+    try:
+        engine = open_database(settings.database_url, must_exist=True)
+        known = has_table(engine, "audit_event") or has_table(engine, "alembic_version")
+    except DatabaseUnusable as exc:
+        raise ConfigError([f"DATABASE_URL {exc}"]) from None
+    except SQLAlchemyError as exc:
+        raise ConfigError([f"DATABASE_URL {describe_failure(exc)}"]) from None
+    if not known:
+        engine.dispose()
+        raise ConfigError(
+            [
+                f"DATABASE_URL holds no audit log ({settings.redacted_database_url} has no "
+                "snapbot tables): run this where snapbot's database is, or set DATABASE_URL to it"
+            ]
+        )
+    return engine
 
 
 VERIFY_PAGE = 20_000
@@ -58,11 +94,98 @@ def verify(
     The head is read before the walk and again after it. Rows are immutable, so a bot
     appending meanwhile cannot disturb the check: the rows must reach the first head
     (else rows were cut from the end) and carry its hash at that id, and no row may lie
-    beyond the second head (snapbot's append never writes one)."""
+    beyond the second head (snapbot's append never writes one).
+
+    Whatever was done to the tables (SPEC 14.9), the answer is a result naming the
+    first bad row: a dropped table, a missing or mangled head row, or a read that fails
+    on what was written there is a break, not an exception."""
+    try:
+        return _verify(engine, key, checkpoint=checkpoint, workers=workers)
+    except _HeadUnreadable as exc:
+        return _broken(audit_chain.VerifyResult(exc.rows, "", None), HEAD_ROW, str(exc))
+    except _read_errors(engine) as exc:
+        try:
+            return _after_failed_read(engine, key, exc)
+        except _read_errors(engine) as again:  # the database itself went away meanwhile
+            raise ConfigError([f"DATABASE_URL {describe_failure(again)}"]) from None
+
+
+def _after_failed_read(engine: Engine, key: bytes | None, exc: Exception):
+    empty = audit_chain.VerifyResult(0, "", None)
+    if not has_table(engine, "audit_event"):
+        return _broken(empty, 1, "the audit_event table is gone")
+    if not has_table(engine, "audit_head"):
+        return _broken(empty, HEAD_ROW, "the table is gone")
+    # The tables are there but a row could not be read as stored: the walk (in this
+    # process, so the failing row is known) names it.
+    return _walk_row_by_row(engine, key, exc)
+
+
+def _read_errors(engine: Engine) -> tuple[type[Exception], ...]:
+    # The fast path reads the driver's own cursor, whose errors SQLAlchemy does not wrap.
+    return (SQLAlchemyError, engine.dialect.loaded_dbapi.Error)
+
+
+class _HeadUnreadable(Exception):
+    def __init__(self, why: str, rows: int = 0) -> None:
+        super().__init__(why)
+        self.rows = rows
+
+
+def _read_head(engine: Engine) -> tuple[int, str]:
+    try:
+        with session_scope(engine, readonly=True) as s:
+            count, digest = repo.audit_head(s)
+    except SQLAlchemyError as exc:
+        if not has_table(engine, "audit_head"):
+            raise _HeadUnreadable("the table is gone") from None
+        if "No row was found" in str(exc) or type(exc).__name__ == "NoResultFound":
+            raise _HeadUnreadable("its row is missing") from None
+        raise
+    except (TypeError, ValueError):
+        raise _HeadUnreadable("its row is unreadable (count)") from None
+    if not isinstance(digest, str):
+        raise _HeadUnreadable("its row is unreadable (hash)")
+    return count, digest
+
+
+def _walk_row_by_row(engine: Engine, key: bytes | None, exc: Exception):
+    """A row the driver cannot read (e.g. text that is not UTF-8): find it, page by page
+    and then row by row, and verify the chain up to it."""
+    last = None
+    for batch in (VERIFY_PAGE, 1):
+        try:
+            for row in repo.stream_audit_rows(engine, after=last, batch=batch, time_as_text=True):
+                last = row[0]
+        except _read_errors(engine):
+            pass
+    bad = (last or 0) + 1
+    rows = repo.stream_audit_rows(engine, upto=bad - 1, batch=VERIFY_PAGE, time_as_text=True)
+    result = audit_chain.verify_rows(rows, key)
+    if not result.ok:
+        return result
+    return _broken(
+        result,
+        bad,
+        f"unreadable ({' '.join(str(getattr(exc, 'orig', None) or exc).split())[:120]})",
+    )
+
+
+def _verify(
+    engine: Engine,
+    key: bytes | None,
+    *,
+    checkpoint: tuple[int, str] | None,
+    workers: int | None,
+) -> audit_chain.VerifyResult:
     walk = _Walk()
-    with session_scope(engine, readonly=True) as s:
-        before = repo.audit_head(s)
-    count = before[0]
+    try:
+        before: tuple[int, str] | None = _read_head(engine)
+        head_problem = None
+    except _HeadUnreadable as exc:
+        # Walk the rows anyway: a broken row before the head is the first bad one.
+        before, head_problem = None, exc
+    count = before[0] if before else 0
     if workers is None:
         workers = min(os.cpu_count() or 1, MAX_WORKERS) if count >= PARALLEL_FROM else 1
     if engine.url.database in (None, "", ":memory:") and engine.dialect.name == "sqlite":
@@ -76,9 +199,11 @@ def verify(
         )
         tail = audit_chain.verify_rows(rows, key, start=(walk.next_id, walk.prev))
         result = audit_chain.VerifyResult(walk.rows + tail.rows, tail.head_hash, tail.broken)
+        if result.ok and head_problem is not None:
+            raise _HeadUnreadable(str(head_problem), result.rows)
         if result.ok:
+            after = _read_head(engine)
             with session_scope(engine, readonly=True) as s:
-                after = repo.audit_head(s)
                 at_before = (
                     result.head_hash
                     if before[0] in (0, result.rows)

@@ -20,6 +20,19 @@ preload_app = False  # each worker builds its own runtime (engine, clients) afte
 _job_worker = None
 
 
+def on_starting(server):
+    # In the master, before it binds the port or forks a worker: a bad setting, an
+    # unusable DATABASE_URL or a refused SLACK_BOT_TOKEN stops the `web` process here
+    # with one line, instead of every worker failing and being forked again, forever.
+    from bot.config import load_or_exit
+    from bot.logs import configure_logging
+    from bot.runtime import check_startup_or_exit
+
+    settings = load_or_exit()
+    configure_logging(settings.log_level, secrets=settings.secrets())
+    check_startup_or_exit(settings)
+
+
 def when_ready(server):
     # The jobs the HTTP workers queue run in one job worker process beside them
     # (bot/worker.py), restarted if it dies: the `web` process stays a complete install.

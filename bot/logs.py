@@ -122,6 +122,30 @@ class LineFormatter(logging.Formatter):
         return line
 
 
+class _Chatter(logging.Filter):
+    """Library lines that say nothing an operator needs, every start of every process
+    (SPEC 13.10): shown at DEBUG only."""
+
+    def __init__(self, *starts: str) -> None:
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(self.starts):
+            return True
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+_CHATTER = {
+    # Alembic: one "setup plugin ..." line per plugin, and its dialect notes.
+    "alembic.runtime.plugins": _Chatter("setup plugin"),
+    "alembic.runtime.migration": _Chatter("Context impl", "Will assume"),
+    # Bolt reads SLACK_BOT_TOKEN from the environment by itself, then warns that the
+    # client we hand it (built from the same token) wins.
+    "slack_bolt.App": _Chatter("As you gave `client` as well, `token` will be unused"),
+}
+
+
 def configure_logging(level: str = "INFO", *, secrets: tuple[str | None, ...] = ()) -> None:
     for value in secrets:
         register_secret(value)
@@ -133,3 +157,7 @@ def configure_logging(level: str = "INFO", *, secrets: tuple[str | None, ...] = 
     root.setLevel(level)
     logging.getLogger("slack_bolt").setLevel(max(logging.INFO, root.level))
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    for name, chatter in _CHATTER.items():
+        logger = logging.getLogger(name)
+        if chatter not in logger.filters:
+            logger.addFilter(chatter)

@@ -1,6 +1,10 @@
 """Assemble a running snapbot from Settings: database (migrated), provider client,
 Slack client, services, the Bolt app and the background duties. The gunicorn
-workers, `snapbot serve`, the demo, the shell and the tests all start it this way."""
+workers, `snapbot serve`, the demo, the shell and the tests all start it this way.
+
+``check_startup`` is what a real install runs first, once (SPEC 13.6, 13.7): the
+database answers and is migrated, and Slack's ``auth.test`` takes SLACK_BOT_TOKEN as
+a bot's token. Anything wrong is a ConfigError naming the variable, one line."""
 
 from __future__ import annotations
 
@@ -8,15 +12,18 @@ import logging
 from dataclasses import dataclass
 
 from slack_bolt import App
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError, SlackClientError
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from bot.app import build_app
-from bot.config import Settings
+from bot.config import ConfigError, Settings, exit_on_config_error
 from bot.jobs import DEFAULT_WORKERS
 from bot.services import Services, make_slack_client
 from bot.vps.client import VpsClient
 from bot.watcher import Duties
-from storage.db import make_engine, migrate
+from storage.db import DatabaseUnusable, describe_failure, migrate, open_database
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +33,120 @@ PROVIDER_TIMEOUT_S = 5.0
 PROVIDER_RETRIES = 2
 
 
+# auth.test answers that only a wait can change (SPEC 13.3); any other refusal is final.
+SLACK_TRANSIENT = frozenset(
+    {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Install:
+    """Where the bot token belongs, as auth.test says."""
+
+    team_id: str
+    bot_user_id: str
+    bot_id: str
+    enterprise_id: str | None = None
+
+
+# What this process's check found. gunicorn's master checks before it forks, so its
+# HTTP workers inherit this and do not ask Slack again.
+_checked: Install | None = None
+_check_done = False
+
+
+def check_startup(settings: Settings, *, slack: bool = True) -> Install | None:
+    """The database (reached, then migrated) and, with ``slack``, the bot token. Raises
+    ConfigError naming DATABASE_URL or SLACK_BOT_TOKEN. The Install is None only when
+    Slack could not be asked (a network failure, Slack's own outage): that is logged,
+    and the bot starts anyway rather than stay down while Slack is."""
+    global _checked, _check_done
+    engine = open_engine(settings)
+    try:
+        # The token before the migration: a wrong one creates no schema.
+        install = verify_bot_token(make_slack_client(settings)) if slack else None
+        migrate_or_raise(engine)
+    finally:
+        engine.dispose()
+    if slack:
+        _checked, _check_done = install, True
+    return install
+
+
+@exit_on_config_error
+def check_startup_or_exit(settings: Settings) -> Install | None:
+    """check_startup, but a problem prints one line and exits with status 2."""
+    return check_startup(settings)
+
+
+def startup_checked() -> bool:
+    """Whether check_startup ran in this process (or in gunicorn's master before the fork)."""
+    return _check_done
+
+
+def checked_install() -> Install | None:
+    return _checked
+
+
+def open_engine(settings: Settings, *, must_exist: bool = False) -> Engine:
+    try:
+        return open_database(settings.database_url, must_exist=must_exist)
+    except DatabaseUnusable as exc:
+        raise ConfigError([f"DATABASE_URL {exc}"]) from None
+
+
+def migrate_or_raise(engine: Engine) -> None:
+    try:
+        migrate(engine)
+    except SQLAlchemyError as exc:
+        raise ConfigError([f"DATABASE_URL {describe_failure(exc, engine)}"]) from None
+
+
+def verify_bot_token(client: WebClient) -> Install | None:
+    """auth.test, once: a token Slack refuses (invalid, revoked, deactivated) or that is
+    not a bot's is a ConfigError; otherwise where the token belongs."""
+    try:
+        answer = client.auth_test()
+    except SlackApiError as exc:
+        response = exc.response
+        error = str(response.get("error") or "") if response is not None else ""
+        status = response.status_code if response is not None else 0
+        if error in SLACK_TRANSIENT or status == 429 or status >= 500:
+            log.warning("could not check SLACK_BOT_TOKEN now: Slack answered %s", error or status)
+            return None
+        raise ConfigError(
+            [
+                f"SLACK_BOT_TOKEN was refused by Slack ({error or status}): reinstall the app "
+                "or copy its Bot User OAuth Token (xoxb-...) again"
+            ]
+        ) from None
+    except (SlackClientError, OSError) as exc:
+        log.warning(
+            "could not check SLACK_BOT_TOKEN now: Slack did not answer (%s)", type(exc).__name__
+        )
+        return None
+    if not answer.get("bot_id") or not answer.get("user_id") or not answer.get("team_id"):
+        raise ConfigError(
+            [
+                "SLACK_BOT_TOKEN is not a bot token (Slack's auth.test names no bot): use the "
+                "app's Bot User OAuth Token, xoxb-..."
+            ]
+        )
+    install = Install(
+        team_id=str(answer["team_id"]),
+        bot_user_id=str(answer["user_id"]),
+        bot_id=str(answer["bot_id"]),
+        enterprise_id=str(answer["enterprise_id"]) if answer.get("enterprise_id") else None,
+    )
+    log.info(
+        "installed in team %s%s as bot user %s",
+        install.team_id,
+        f" (enterprise {install.enterprise_id})" if install.enterprise_id else "",
+        install.bot_user_id,
+    )
+    return install
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -33,6 +154,7 @@ class Runtime:
     services: Services
     app: App
     duties: Duties
+    install: Install | None = None
 
     def stop(self) -> None:
         """Graceful stop (SIGTERM): no new work, running jobs finish, lease handed back."""
@@ -52,12 +174,15 @@ def build_runtime(
     feed_jobs: bool = False,
     job_workers: int = DEFAULT_WORKERS,
     owner: str | None = None,
+    install: Install | None = None,
 ) -> Runtime:
     """One process's snapbot. The defaults make a complete install in one process;
     gunicorn's HTTP workers pass ``runs_jobs=False, start_duties=False`` (they only
-    acknowledge), and the job worker beside them ``feed_jobs=True`` (bot/worker.py)."""
-    engine = make_engine(settings.database_url)
-    migrate(engine)
+    acknowledge), and the job worker beside them ``feed_jobs=True`` (bot/worker.py).
+    ``install``: what check_startup found (``Services.install_team``, ``install_enterprise``).
+    A database that cannot be used is a ConfigError naming DATABASE_URL."""
+    engine = open_engine(settings)
+    migrate_or_raise(engine)
     vps = vps or VpsClient(
         settings.vps_api_url,
         settings.vps_api_token,
@@ -71,6 +196,8 @@ def build_runtime(
         slack=make_slack_client(settings),
         workers=job_workers,
         runs_jobs=runs_jobs,
+        install_team=install.team_id if install else None,
+        install_enterprise=install.enterprise_id if install else None,
         **({"owner": owner} if owner else {}),
     )
     app = build_app(services)
@@ -82,4 +209,11 @@ def build_runtime(
     log.info(
         "snapbot ready (owner %s, database %s)", services.owner, settings.redacted_database_url
     )
-    return Runtime(settings=settings, engine=engine, services=services, app=app, duties=duties)
+    return Runtime(
+        settings=settings,
+        engine=engine,
+        services=services,
+        app=app,
+        duties=duties,
+        install=install,
+    )

@@ -28,9 +28,9 @@ from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_bolt.request.internals import build_context
 
 from bot import request_guard
-from bot.config import load_or_exit
+from bot.config import ConfigError, load_settings
 from bot.logs import configure_logging
-from bot.runtime import Runtime, build_runtime
+from bot.runtime import Runtime, build_runtime, check_startup, checked_install, startup_checked
 from bot.watcher import LEASE_NAME
 from storage import repositories as repo
 from storage.db import check_database, session_scope, urgent_writes
@@ -308,14 +308,27 @@ async def _send(send, status: str, headers: list, body: dict) -> None:
 _current: WebApp | None = None
 
 
+# gunicorn's master stops (instead of forking a new worker) when one exits with this.
+WORKER_BOOT_ERROR = 3
+
+
 def create_app() -> AsgiFront:
     """gunicorn's app factory (``bot.web:create_app()``), called in each worker."""
     global _current
-    settings = load_or_exit()
-    configure_logging(settings.log_level, secrets=settings.secrets())
-    # An HTTP worker only acknowledges: the job worker beside it (bot/worker.py, started
-    # by gunicorn's master) runs the jobs and the background duties.
-    _current = WebApp(build_runtime(settings, runs_jobs=False, start_duties=False))
+    try:
+        settings = load_settings()
+        configure_logging(settings.log_level, secrets=settings.secrets())
+        # The master checked before forking (bot/gunicorn_conf.py): its answer is ours.
+        install = checked_install() if startup_checked() else check_startup(settings)
+        # An HTTP worker only acknowledges: the job worker beside it (bot/worker.py,
+        # started by gunicorn's master) runs the jobs and the background duties.
+        runtime = build_runtime(settings, runs_jobs=False, start_duties=False, install=install)
+    except ConfigError as exc:
+        # Say it once and stop the server: exiting otherwise, gunicorn would fork
+        # another worker, forever.
+        print(str(exc), file=sys.stderr, flush=True)
+        raise SystemExit(WORKER_BOOT_ERROR) from None
+    _current = WebApp(runtime)
     # Acks only store a row (the job worker does the work), so a few threads keep the
     # cores busy; more only contend for the GIL and stretch the slowest acks.
     return AsgiFront(_current, threads=int(os.environ.get("WEB_THREADS", "4")))

@@ -37,8 +37,9 @@ STABLE_AFTER_S = 60.0  # a worker that lived this long starts the backoff afresh
 PARENT_CHECK_S = 1.0
 
 
-def run_worker(settings: Settings, *, parent_pid: int | None = None) -> int:
-    """Run until SIGTERM (or, with ``parent_pid``, until that process is gone)."""
+def run_worker(settings: Settings, *, parent_pid: int | None = None, install=None) -> int:
+    """Run until SIGTERM (or, with ``parent_pid``, until that process is gone).
+    ``install``: what bot.runtime.check_startup found."""
     from bot.runtime import build_runtime
     from bot.services import make_owner_id
 
@@ -46,7 +47,11 @@ def run_worker(settings: Settings, *, parent_pid: int | None = None) -> int:
         os.nice(NICE)
     group = f"web-{parent_pid}" if parent_pid else None
     runtime = build_runtime(
-        settings, feed_jobs=True, job_workers=JOB_THREADS, owner=make_owner_id(group)
+        settings,
+        feed_jobs=True,
+        job_workers=JOB_THREADS,
+        owner=make_owner_id(group),
+        install=install,
     )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -24,8 +24,9 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 log = logging.getLogger(__name__)
@@ -298,6 +299,62 @@ def _migration_lock(engine: Engine):
             conn.rollback()
             conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK_KEY})
             conn.commit()
+
+
+class DatabaseUnusable(Exception):
+    """DATABASE_URL names a database snapbot cannot use; ``str()`` is one line saying
+    why, fit for an operator (no password, no traceback)."""
+
+
+POSTGRES_DRIVER_HINT = "pip install 'snapbot[postgres]'"
+
+
+def open_database(url: str, *, must_exist: bool = False) -> Engine:
+    """An engine on ``url`` that has answered once, or DatabaseUnusable saying why:
+    no driver, a SQLite folder or (with ``must_exist``) file that is not there, a server
+    that does not answer or refuses, a database that does not exist. With
+    ``must_exist`` nothing is created (`audit verify` must not make an empty log)."""
+    url = normalise_url(url)
+    if url.startswith("sqlite"):
+        database = make_url(url).database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            path = Path(database)
+            if not path.parent.is_dir():
+                raise DatabaseUnusable(f"names a folder that does not exist ({path.parent})")
+            if must_exist and not path.is_file():
+                raise DatabaseUnusable(
+                    f"names no database: {path} does not exist (run this where snapbot's "
+                    "database is, or set DATABASE_URL to it)"
+                )
+    try:
+        engine = make_engine(url)
+    except ModuleNotFoundError as exc:
+        raise DatabaseUnusable(
+            f"needs the PostgreSQL driver ({exc.name} is not installed): {POSTGRES_DRIVER_HINT}"
+        ) from None
+    try:
+        check_database(engine)
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        raise DatabaseUnusable(describe_failure(exc, engine)) from None
+    return engine
+
+
+def describe_failure(exc: BaseException, engine: Engine | None = None) -> str:
+    """One line for a database error: the driver's own first words (psycopg's name the
+    host, port and database, never the password), without SQLAlchemy's advice links."""
+    orig = getattr(exc, "orig", None) or exc
+    text_ = " ".join(str(orig).split())
+    if engine is not None:
+        password = engine.url.password
+        if password:
+            text_ = text_.replace(str(password), "***")
+    where = f" ({engine.url.render_as_string(hide_password=True)})" if engine is not None else ""
+    return f"cannot be used{where}: {text_[:300] or type(orig).__name__}"
+
+
+def has_table(engine: Engine, name: str) -> bool:
+    return inspect(engine).has_table(name)
 
 
 def check_database(engine: Engine) -> None:

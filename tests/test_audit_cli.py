@@ -8,6 +8,7 @@ import csv
 import io
 import itertools
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -193,6 +194,154 @@ def test_verify_as_a_real_process_exits_0_then_1_naming_the_row(sqlite_log, sqli
     bad = run_snapbot(sqlite_url, "audit", "verify", cwd=tmp_path)
     assert bad.returncode == 1 and "BROKEN at row 2:" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+# --- verify never passes on nothing, never crashes (SPEC 13.8, 14.9) -----------------------
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_verify_in_a_directory_without_a_database_is_an_error_and_creates_nothing(tmp_path):
+    # No DATABASE_URL: the default sqlite:///snapbot.db, relative to where it runs.
+    run = subprocess.run(
+        [sys.executable, "-m", "bot", "audit", "verify"],
+        cwd=tmp_path,
+        env=snapbot_env({}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode != 0 and run.stdout == ""
+    line = one_line(run.stderr)
+    assert "DATABASE_URL" in line and "snapbot.db" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_verify_of_a_sqlite_file_that_is_not_snapbots_is_an_error(cli, tmp_path, monkeypatch):
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("CREATE TABLE notes (x)").connection.close()
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{other}")
+    code, out, err = cli("audit", "verify")
+    assert code != 0 and out == ""
+    assert "DATABASE_URL" in one_line(err) and "no audit log" in err
+    tables = sqlite3.connect(other).execute("SELECT name FROM sqlite_master").fetchall()
+    assert tables == [("notes",)]  # nothing was created
+
+
+@pytest.mark.postgres
+def test_verify_of_an_empty_postgresql_schema_is_an_error_and_creates_no_table(
+    cli, pg_url, monkeypatch
+):
+    monkeypatch.setenv("DATABASE_URL", pg_url)
+    code, _, err = cli("audit", "export")
+    assert code != 0 and "DATABASE_URL" in one_line(err)
+    code, _, err = cli("audit", "verify")
+    assert code != 0 and "DATABASE_URL" in one_line(err)
+    engine = make_engine(pg_url)
+    with engine.connect() as conn:
+        tables = conn.execute(
+            text("SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()")
+        ).scalar_one()
+    engine.dispose()
+    assert tables == 0
+
+
+@pytest.mark.postgres
+def test_verify_of_a_postgresql_database_that_does_not_exist_names_database_url(cli, monkeypatch):
+    url = os.environ["TEST_DATABASE_URL"].rsplit("/", 1)[0] + "/snapbot_no_such_database"
+    monkeypatch.setenv("DATABASE_URL", url)
+    code, out, err = cli("audit", "verify")
+    assert code != 0 and out == ""
+    line = one_line(err)
+    assert "DATABASE_URL" in line and "snapbot_no_such_database" in line
+
+
+TAMPERINGS = [
+    # (statements, the row named: an id, or "head" for the audit_head row)
+    (["DELETE FROM audit_head"], "head"),
+    (["UPDATE audit_head SET hash = 'garbage'"], "7"),
+    (["UPDATE audit_event SET hash = 'garbage' WHERE id = 3"], "3"),
+    (["UPDATE audit_event SET hash = '' WHERE id = 1"], "1"),
+    (
+        [
+            "UPDATE audit_event SET id = 100 WHERE id = 2",
+            "UPDATE audit_event SET id = 2 WHERE id = 3",
+            "UPDATE audit_event SET id = 3 WHERE id = 100",
+        ],
+        "2",
+    ),
+    (["DROP TABLE audit_event"], "1"),
+    (["DROP TABLE audit_head"], "head"),
+    (["DELETE FROM audit_event", "DELETE FROM audit_head"], "head"),
+]
+
+
+@pytest.mark.parametrize(("statements", "row"), TAMPERINGS)
+def test_verify_names_the_first_bad_row_whatever_was_done_to_the_tables(cli, log, statements, row):
+    append(log, 7)
+    for statement in statements:
+        sql(log, statement)
+    code, out, err = cli("audit", "verify")
+    assert code == 1 and out == ""
+    line = one_line(err)
+    where = "the chain head" if row == "head" else f"row {row}:"
+    assert line.startswith("audit log BROKEN at ") and where in line, line
+
+
+@pytest.mark.parametrize(
+    ("statement", "row"),
+    [
+        ("UPDATE audit_event SET at = 'garbage' WHERE id = 3", 3),
+        ("UPDATE audit_event SET at = 12 WHERE id = 2", 2),
+        ("UPDATE audit_event SET team = 5 WHERE id = 4", 4),
+        ("UPDATE audit_event SET detail = CAST(X'FFFE' AS TEXT) WHERE id = 5", 5),
+        ("UPDATE audit_head SET count = 'many'", "head"),
+    ],
+)
+def test_verify_names_a_row_sqlite_stores_garbage_in(cli, sqlite_log, statement, row):
+    append(sqlite_log, 7)
+    sql(sqlite_log, statement)
+    code, _out, err = cli("audit", "verify")
+    assert code == 1
+    line = one_line(err)
+    assert ("the chain head" if row == "head" else f"BROKEN at row {row}:") in line, line
+
+
+def test_verify_names_the_row_of_a_table_rebuilt_without_its_constraints(cli, sqlite_log):
+    append(sqlite_log, 7)
+    for statement in (
+        "CREATE TABLE loose AS SELECT * FROM audit_event",
+        "DROP TABLE audit_event",
+        "ALTER TABLE loose RENAME TO audit_event",
+        "UPDATE audit_event SET detail = NULL WHERE id = 4",
+    ):
+        sql(sqlite_log, statement)
+    code, _, err = cli("audit", "verify")
+    assert code == 1 and "BROKEN at row 4:" in one_line(err)
+    sql(sqlite_log, "UPDATE audit_event SET id = NULL WHERE id = 2")
+    code, _, err = cli("audit", "verify")
+    assert code == 1 and "BROKEN at row 1:" in one_line(err)  # a NULL id sorts first
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("column", ["at", "team", "detail", "prev_hash", "hash"])
+def test_verify_names_the_row_whose_column_was_nulled_on_postgresql(
+    cli, pg_url, monkeypatch, column
+):
+    monkeypatch.setenv("DATABASE_URL", pg_url)
+    engine = make_engine(pg_url)
+    migrate(engine)
+    append(engine, 7)
+    sql(engine, f"ALTER TABLE audit_event ALTER COLUMN {column} DROP NOT NULL")
+    sql(engine, f"UPDATE audit_event SET {column} = NULL WHERE id = 4")
+    engine.dispose()
+    code, _, err = cli("audit", "verify")
+    assert code == 1 and "BROKEN at row 4:" in one_line(err)
 
 
 # --- export -----------------------------------------------------------------------------

@@ -242,8 +242,12 @@ class FakeSlack:
     (`channel_not_found`), `usergroups` ({"S1": ["U1", ...]}), `users` (extra fields
     for users.info), `scopes` (None: every method allowed), `latency` ({method or
     "*": seconds} before answering), `trigger_ttl`, `response_url_ttl`, `plan`
-    ("free": user groups answer `plan_upgrade_required`). `set_channel` makes a
-    conversation a DM or group DM between people, archived, read-only or thread-only.
+    ("free": user groups answer `plan_upgrade_required`), `token_error` (e.g.
+    "token_revoked", "account_inactive", "invalid_auth": every call answers it, as Slack
+    does once a token stops working), `user_tokens` (tokens Slack knows as a person's,
+    not a bot's: auth.test answers without `bot_id`), `enterprise_id` (an Enterprise Grid
+    org: auth.test names it). `set_channel` makes a conversation a DM or group DM
+    between people, archived, read-only or thread-only.
     `reset()` forgets what was recorded and pending faults, and keeps configuration.
     """
 
@@ -275,6 +279,9 @@ class FakeSlack:
         self.response_url_ttl = response_url_ttl
         self.plan = plan
         self._channels: dict[str, _Channel] = {}
+        self.token_error: str | None = None
+        self.user_tokens: set[str] = set()
+        self.enterprise_id: str | None = None
 
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
@@ -613,6 +620,10 @@ class FakeSlack:
                     raise _ApiError("unknown_method")
                 if not token:
                     raise _ApiError("not_authed")
+                if self.token_error and method not in APP_TOKEN_METHODS:
+                    raise _ApiError(self.token_error)
+                if token in self.user_tokens and method == "auth.test":
+                    return self._answer_user_auth_test(params)
                 self._check_token(method, token)
                 fault = self._take_fault(method)
                 if fault is not None:
@@ -774,7 +785,7 @@ class FakeSlack:
         return {"url": self._socket_mode.issue_url()}
 
     def _api_auth_test(self, params: dict[str, Any]) -> dict[str, Any]:
-        return {
+        answer = {
             "url": f"{PERMALINK_HOST}/",
             "team": "Fake Team",
             "user": "snapbot",
@@ -783,6 +794,19 @@ class FakeSlack:
             "bot_id": self.bot_id,
             "is_enterprise_install": False,
         }
+        if self.enterprise_id:
+            answer["enterprise_id"] = self.enterprise_id
+        return answer
+
+    def _answer_user_auth_test(
+        self, params: dict[str, Any]
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """auth.test for a person's token: the same answer, but no ``bot_id``."""
+        body = {"ok": True, **self._api_auth_test(params), "user": "someone", "user_id": "U0PERSON"}
+        del body["bot_id"]
+        self._calls.append(Call("auth.test", params, time.time(), True, None, 200))
+        self._touch()
+        return 200, body, {}
 
     def _api_chat_post_message(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = self._channel_for_posting(params, "chat.postMessage")

@@ -1,0 +1,276 @@
+"""A real install starting (SPEC 13.6, 13.7): what can only be checked by trying is
+checked once, at start, by the real processes an operator runs (`snapbot serve`,
+`snapbot worker`, the Procfile's gunicorn `web` line, `snapbot audit`), and anything
+wrong stops them with one line naming the variable: no traceback, no respawn loop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.config import ConfigError, Settings
+from bot.devtools.fake_slack import FakeSlack
+from bot.runtime import build_runtime, check_startup
+from tests.procs import ROOT, free_port, snapbot_env, start_web
+
+PROCFILE_WEB = (ROOT / "Procfile").read_text(encoding="utf-8").split("web:", 1)[1].strip()
+COMMANDS = {
+    "serve": [sys.executable, "-m", "bot", "serve"],
+    "worker": [sys.executable, "-m", "bot", "worker"],
+    # The Procfile's own line, run as the platform runs it.
+    "web": ["/bin/sh", "-c", f"exec {sys.executable} -m {PROCFILE_WEB}"],
+    "audit": [sys.executable, "-m", "bot", "audit", "verify"],
+}
+GUNICORN_BANNER = "[INFO] Starting gunicorn"  # gunicorn's master says it before any hook runs
+BOT_TOKEN = "xoxb-startup-test"
+
+
+def settings_env(**extra: str) -> dict[str, str]:
+    return {
+        "SLACK_BOT_TOKEN": BOT_TOKEN,
+        "SLACK_SIGNING_SECRET": "startup-signing-secret",
+        "VPS_API_TOKEN": "startup-vps-token",
+        "VPS_API_URL": f"http://127.0.0.1:{free_port()}/api/v1/",
+        "HOST": "127.0.0.1",
+        "PORT": str(free_port()),
+        "WEB_CONCURRENCY": "1",
+        **extra,
+    }
+
+
+def run_bounded(command: str, env: dict[str, str], cwd: Path, timeout: float = 90.0):
+    """Run one of COMMANDS to its end, in its own process group; one that has not
+    stopped by ``timeout`` (a respawn loop) is killed and fails the test."""
+    proc = subprocess.Popen(
+        COMMANDS[command],
+        cwd=cwd,
+        env=snapbot_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"`{command}` was still running after {timeout}s:\n{err[-3000:]}")
+    return proc.returncode, out, err
+
+
+def the_one_line(err: str) -> str:
+    """stderr is one line (gunicorn's own start banner aside), with no traceback."""
+    assert "Traceback" not in err, err
+    lines = [line for line in err.strip().splitlines() if GUNICORN_BANNER not in line]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def assert_stops_naming(var: str, command: str, env: dict[str, str], cwd: Path) -> str:
+    code, _out, err = run_bounded(command, env, cwd)
+    assert code != 0, err
+    line = the_one_line(err)
+    assert var in line, line
+    assert "Booting worker" not in err  # gunicorn never forked an HTTP worker
+    return line
+
+
+@pytest.fixture
+def hidden_psycopg(tmp_path) -> str:
+    """A PYTHONPATH entry whose sitecustomize makes `import psycopg` fail exactly as it
+    does when the package is not installed (ModuleNotFoundError naming it)."""
+    folder = tmp_path / "no-psycopg"
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(
+        "import sys\n\n\n"
+        "class _NotInstalled:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'psycopg' or name.startswith('psycopg.'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "        return None\n\n\n"
+        "sys.meta_path.insert(0, _NotInstalled())\n",
+        encoding="utf-8",
+    )
+    return str(folder)
+
+
+def pg_server_url(database: str) -> str:
+    base = os.environ.get("TEST_DATABASE_URL")
+    if not base:
+        pytest.skip("TEST_DATABASE_URL is not set: a PostgreSQL server is needed")
+    return base.rsplit("/", 1)[0] + "/" + database
+
+
+# --- DATABASE_URL -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_a_database_url_whose_sqlite_folder_is_missing_stops_with_one_line(command, tmp_path):
+    url = f"sqlite:///{tmp_path / 'no-such-folder' / 'snapbot.db'}"
+    line = assert_stops_naming("DATABASE_URL", command, settings_env(DATABASE_URL=url), tmp_path)
+    assert "no-such-folder" in line
+    assert not (tmp_path / "no-such-folder").exists()
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_a_database_url_on_a_closed_port_stops_with_one_line(command, tmp_path):
+    url = f"postgresql://snapbot@127.0.0.1:{free_port()}/snapbot"
+    line = assert_stops_naming("DATABASE_URL", command, settings_env(DATABASE_URL=url), tmp_path)
+    assert "refused" in line.lower()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_a_database_url_naming_a_missing_postgresql_database_stops_with_one_line(command, tmp_path):
+    url = pg_server_url("snapbot_startup_missing")
+    line = assert_stops_naming("DATABASE_URL", command, settings_env(DATABASE_URL=url), tmp_path)
+    assert "snapbot_startup_missing" in line and "does not exist" in line
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_a_postgresql_database_url_without_the_driver_says_what_to_install(
+    command, tmp_path, hidden_psycopg
+):
+    env = settings_env(
+        DATABASE_URL="postgresql://snapbot@127.0.0.1:5432/snapbot",
+        PYTHONPATH=hidden_psycopg + os.pathsep + str(ROOT),
+    )
+    line = assert_stops_naming("DATABASE_URL", command, env, tmp_path)
+    assert "pip install 'snapbot[postgres]'" in line
+
+
+def test_a_database_password_never_reaches_the_error_line(tmp_path):
+    url = f"postgresql://snapbot:PASSWORD-4242@127.0.0.1:{free_port()}/snapbot"
+    line = assert_stops_naming("DATABASE_URL", "worker", settings_env(DATABASE_URL=url), tmp_path)
+    assert "PASSWORD-4242" not in line
+
+
+# --- settings in the Procfile's web process ----------------------------------------------
+
+
+def test_the_web_process_with_a_missing_setting_stops_once_instead_of_respawning(tmp_path):
+    env = settings_env(DATABASE_URL=f"sqlite:///{tmp_path / 'snapbot.db'}")
+    del env["VPS_API_TOKEN"]
+    line = assert_stops_naming("VPS_API_TOKEN", "web", env, tmp_path)
+    assert line.startswith("configuration error: VPS_API_TOKEN is required")
+
+
+def test_the_web_process_refuses_env_example_as_it_ships(tmp_path):
+    (tmp_path / ".env").write_text((ROOT / ".env.example").read_text(encoding="utf-8"))
+    env = {"HOST": "127.0.0.1", "PORT": str(free_port()), "WEB_CONCURRENCY": "1"}
+    line = assert_stops_naming("SLACK_BOT_TOKEN", "web", env, tmp_path)
+    assert "SLACK_SIGNING_SECRET" in line and "VPS_API_TOKEN" in line
+    assert not (tmp_path / "snapbot.db").exists()  # refused before anything was opened
+
+
+# --- SLACK_BOT_TOKEN: auth.test at start -------------------------------------------------
+
+
+@pytest.fixture
+def fake_slack():
+    fake = FakeSlack().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.mark.parametrize(
+    ("command", "error"),
+    [
+        ("worker", "invalid_auth"),
+        ("worker", "token_revoked"),
+        ("worker", "account_inactive"),
+        ("worker", "not_authed"),
+        ("web", "token_revoked"),
+        ("serve", "invalid_auth"),
+    ],
+)
+def test_a_token_slack_refuses_stops_the_process_naming_slack_bot_token(
+    command, error, fake_slack, tmp_path
+):
+    fake_slack.token_error = error
+    env = settings_env(
+        SLACK_API_URL=fake_slack.api_url, DATABASE_URL=f"sqlite:///{tmp_path / 'snapbot.db'}"
+    )
+    line = assert_stops_naming("SLACK_BOT_TOKEN", command, env, tmp_path)
+    assert error in line
+    assert [c.method for c in fake_slack.calls()] == ["auth.test"]  # asked once, nothing else
+
+
+@pytest.mark.parametrize("command", ["worker", "web"])
+def test_a_token_that_is_not_a_bots_stops_the_process_naming_slack_bot_token(
+    command, fake_slack, tmp_path
+):
+    fake_slack.user_tokens.add(BOT_TOKEN)  # Slack knows it as a person's token
+    env = settings_env(
+        SLACK_API_URL=fake_slack.api_url, DATABASE_URL=f"sqlite:///{tmp_path / 'snapbot.db'}"
+    )
+    line = assert_stops_naming("SLACK_BOT_TOKEN", command, env, tmp_path)
+    assert "not a bot token" in line
+
+
+def test_the_web_process_asks_slack_once_in_its_master_and_names_the_install(fake_slack, tmp_path):
+    fake_slack.valid_tokens = {BOT_TOKEN}
+    env = settings_env(
+        SLACK_API_URL=fake_slack.api_url, DATABASE_URL=f"sqlite:///{tmp_path / 'web.db'}"
+    )
+    del env["HOST"], env["PORT"], env["WEB_CONCURRENCY"]
+    proc = start_web(env, tmp_path, workers=2)
+    try:
+        # The master, then the job worker it starts: the HTTP workers inherit the answer.
+        from tests.procs import wait_until
+
+        wait_until(lambda: "job worker ready" in proc.log(), timeout=60, what="the job worker")
+        assert len(fake_slack.calls("auth.test")) == 2
+        assert "installed in team T1 as bot user UBOT" in proc.log()
+    finally:
+        proc.terminate()
+
+
+# --- what the check finds, in process -----------------------------------------------------
+
+
+def test_check_startup_keeps_the_installs_team_for_the_services(fake_slack, tmp_path):
+    fake_slack.enterprise_id = "E0ORG"
+    settings = Settings(
+        slack_bot_token=BOT_TOKEN,
+        vps_api_token="t",
+        slack_signing_secret="s",
+        slack_api_url=fake_slack.api_url,
+        database_url=f"sqlite:///{tmp_path / 'snapbot.db'}",
+    )
+    install = check_startup(settings)
+    assert (install.team_id, install.enterprise_id, install.bot_user_id) == ("T1", "E0ORG", "UBOT")
+    runtime = build_runtime(settings, start_duties=False, install=install)
+    try:
+        assert runtime.services.install_team == "T1"
+        assert runtime.services.install_enterprise == "E0ORG"
+    finally:
+        runtime.stop()
+
+
+def test_check_startup_goes_on_without_the_install_when_slack_cannot_be_asked(tmp_path):
+    settings = Settings(
+        slack_bot_token=BOT_TOKEN,
+        vps_api_token="t",
+        slack_signing_secret="s",
+        slack_api_url=f"http://127.0.0.1:{free_port()}/api/",
+        database_url=f"sqlite:///{tmp_path / 'snapbot.db'}",
+    )
+    assert check_startup(settings) is None  # Slack down is not a wrong token
+
+
+def test_check_startup_raises_one_problem_naming_the_database(tmp_path):
+    settings = Settings(
+        slack_bot_token=BOT_TOKEN,
+        vps_api_token="t",
+        database_url=f"sqlite:///{tmp_path / 'gone' / 'snapbot.db'}",
+    )
+    with pytest.raises(ConfigError) as caught:
+        check_startup(settings, slack=False)
+    assert [p.split()[0] for p in caught.value.problems] == ["DATABASE_URL"]

@@ -30,6 +30,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
+from bot.logs import Outage
 from storage import repositories as repo
 from storage.db import session_scope
 
@@ -206,12 +207,14 @@ class JobRunner:
         return sum(self._dispatch(job_id) for job_id in ids)
 
     def _feed_loop(self, idle: float) -> None:
+        outage = Outage(log, "looking for queued jobs")
         while not self._closed.is_set():
             try:
                 taken = self.feed()
-            except Exception:
-                log.exception("could not look for queued jobs; trying again")
-                taken = 0
+            except Exception as exc:
+                self._closed.wait(outage.failed(exc))
+                continue
+            outage.ok()
             self._closed.wait(0.01 if taken else idle)
 
     def resume_orphans(self) -> int:

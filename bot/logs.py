@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
+import time
 from datetime import UTC, datetime
 
 _SECRET_PATTERNS = [
@@ -120,6 +122,60 @@ class LineFormatter(logging.Formatter):
         if record.stack_info:
             line += f" stack={quote(record.stack_info)}"
         return line
+
+
+class Outage:
+    """How a loop that keeps failing logs (SPEC 13.10): the first failure once, one line
+    (a database error without its traceback, since the driver's message says it all),
+    then nothing while it lasts, and the recovery once. ``failed()`` says how long to
+    wait before the next try: the wait doubles up to ``cap``, so a dead database is not
+    asked ten times a second either."""
+
+    def __init__(
+        self, logger: logging.Logger, what: str, *, first: float = 0.5, cap: float = 30.0
+    ) -> None:
+        self.log = logger
+        self.what = what
+        self.first = first
+        self.cap = cap
+        self.failures = 0
+        self._since = 0.0
+        self._lock = threading.Lock()
+
+    def failed(self, exc: BaseException) -> float:
+        with self._lock:
+            self.failures += 1
+            failures = self.failures
+            if failures == 1:
+                self._since = time.monotonic()
+        if failures == 1:
+            from sqlalchemy.exc import SQLAlchemyError
+
+            if isinstance(exc, SQLAlchemyError):
+                reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:300]
+                self.log.warning(
+                    "%s failed (%s: %s); retrying quietly until it works",
+                    self.what,
+                    type(exc).__name__,
+                    reason,
+                )
+            else:
+                self.log.warning(
+                    "%s failed; retrying quietly until it works", self.what, exc_info=exc
+                )
+        return min(self.cap, self.first * 2 ** min(failures - 1, 16))
+
+    def ok(self) -> None:
+        if not self.failures:
+            return
+        with self._lock:
+            failures, self.failures = self.failures, 0
+        self.log.warning(
+            "%s works again after %d failed tries (%.0f s)",
+            self.what,
+            failures,
+            time.monotonic() - self._since,
+        )
 
 
 class _Chatter(logging.Filter):

@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from bot.blocks import messages as msg
 from bot.blocks.format import span
 from bot.core import approval
+from bot.logs import Outage
 from bot.services import Actor, Services, progress_key, request_key
 from bot.user_messages import describe
 from bot.vps.errors import VpsError
@@ -85,6 +86,7 @@ class Duties:
 
     def _loop(self) -> None:
         next_duties = time.monotonic()
+        outage = Outage(log, "background duties")
         while not self._stop.is_set():
             try:
                 if time.monotonic() >= next_duties:
@@ -93,9 +95,12 @@ class Duties:
                     next_duties = time.monotonic() + self.interval
                     self.cycle()
                 self.s.outbox.pump()
-            except Exception:
-                # The database or the provider may be down; the next cycle tries again.
-                log.exception("background duties failed this cycle")
+            except Exception as exc:
+                # The database (or the provider) may be down: said once, then tried
+                # again less and less often until it works.
+                self._stop.wait(outage.failed(exc))
+                continue
+            outage.ok()
             due_in = next_duties - time.monotonic()
             self._stop.wait(min(PUMP_EVERY_S, max(0.01, due_in)))
 

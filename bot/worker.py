@@ -101,12 +101,20 @@ class JobWorkerSupervisor:
             # gunicorn's master reaps every child it sees exit, ours included: poll()
             # then reports an exit (status unknown), which is all this loop needs.
             while self._proc.poll() is None and not self._stop.wait(0.5):
-                pass
+                if failures and time.monotonic() - started > STABLE_AFTER_S:
+                    log.warning("the job worker runs again (after %d failed starts)", failures)
+                    failures = 0
             if self._stop.is_set():
                 return
             failures = 0 if time.monotonic() - started > STABLE_AFTER_S else failures + 1
             delay = RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S)) - 1] if failures else 0
-            log.warning("the job worker exited; starting another in %.0f s", delay)
+            # Once per run of failures (e.g. the database is down: each start says why
+            # in one line of its own); the backoff keeps those rare.
+            log.log(
+                logging.WARNING if failures <= 1 else logging.DEBUG,
+                "the job worker exited; starting another in %.0f s",
+                delay,
+            )
             self._stop.wait(delay)
 
     def stop(self, timeout: float = 25.0) -> None:

@@ -5,18 +5,24 @@ wrong stops them with one line naming the variable: no traceback, no respawn loo
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event
+from sqlalchemy.exc import OperationalError
 
 from bot.config import ConfigError, Settings
 from bot.devtools.fake_slack import FakeSlack
+from bot.jobs import JobRunner
 from bot.runtime import build_runtime, check_startup
-from tests.procs import ROOT, free_port, snapbot_env, start_web
+from bot.services import utcnow
+from tests.procs import ROOT, free_port, snapbot_env, start_web, wait_until
 
 PROCFILE_WEB = (ROOT / "Procfile").read_text(encoding="utf-8").split("web:", 1)[1].strip()
 COMMANDS = {
@@ -223,8 +229,6 @@ def test_the_web_process_asks_slack_once_in_its_master_and_names_the_install(fak
     proc = start_web(env, tmp_path, workers=2)
     try:
         # The master, then the job worker it starts: the HTTP workers inherit the answer.
-        from tests.procs import wait_until
-
         wait_until(lambda: "job worker ready" in proc.log(), timeout=60, what="the job worker")
         assert len(fake_slack.calls("auth.test")) == 2
         assert "installed in team T1 as bot user UBOT" in proc.log()
@@ -274,3 +278,104 @@ def test_check_startup_raises_one_problem_naming_the_database(tmp_path):
     with pytest.raises(ConfigError) as caught:
         check_startup(settings, slack=False)
     assert [p.split()[0] for p in caught.value.problems] == ["DATABASE_URL"]
+
+
+# --- quiet logs (SPEC 13.10) ------------------------------------------------------------
+
+
+class DatabaseDown:
+    """While ``down`` is set, the statements matching ``tables`` fail as a database
+    that went away fails them (an OperationalError at the driver's call)."""
+
+    def __init__(self, engine, *tables: str) -> None:
+        self.down = threading.Event()
+        self.tries = 0
+        self.tables = tables
+        event.listen(engine, "before_cursor_execute", self._check)
+
+    def _check(self, conn, cursor, statement, params, context, executemany):
+        if self.down.is_set() and any(
+            f"FROM {t}" in statement or f"UPDATE {t}" in statement or f"INTO {t}" in statement
+            for t in self.tables
+        ):
+            self.tries += 1
+            raise OperationalError(statement, {}, ConnectionError("server closed the connection"))
+
+
+def outage_lines(caplog, logger: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == logger and r.levelno >= logging.WARNING]
+
+
+def test_a_database_outage_in_the_job_feeder_logs_once_backs_off_and_logs_recovery(
+    sqlite_engine, caplog
+):
+    caplog.set_level(logging.INFO)
+    outage = DatabaseDown(sqlite_engine, "job")
+    outage.down.set()
+    runner = JobRunner(sqlite_engine, owner="feeder-test", clock=utcnow, workers=1)
+    runner.start_feeding(idle=0.01)
+    try:
+        wait_until(lambda: outage.tries >= 4, timeout=60, what="four tries")
+        outage.down.clear()
+        wait_until(lambda: len(outage_lines(caplog, "bot.jobs")) >= 2, timeout=60, what="recovery")
+    finally:
+        runner.shutdown(wait=True)
+    failed, recovered = outage_lines(caplog, "bot.jobs")
+    assert "failed" in failed.getMessage() and "server closed the connection" in failed.getMessage()
+    assert failed.exc_info is None  # one line, no traceback
+    assert "works again" in recovered.getMessage()
+    assert "Traceback" not in caplog.text
+
+
+def test_a_database_outage_in_the_background_duties_logs_once_and_logs_recovery(sqlite_url, caplog):
+    from bot.devtools.stack import LocalStack
+    from bot.watcher import Duties
+
+    caplog.set_level(logging.INFO)
+    with LocalStack(database_url=sqlite_url, start_duties=False) as stack:
+        outage = DatabaseDown(stack.runtime.engine, "lease", "outbox")
+        outage.down.set()
+        duties = Duties(stack.services, interval=0.05).start()
+        try:
+            wait_until(lambda: outage.tries >= 4, timeout=60, what="four tries")
+            outage.down.clear()
+            wait_until(
+                lambda: len(outage_lines(caplog, "bot.watcher")) >= 2, timeout=60, what="recovery"
+            )
+        finally:
+            duties.stop()
+    failed, recovered = outage_lines(caplog, "bot.watcher")
+    assert "background duties failed" in failed.getMessage() and failed.exc_info is None
+    assert "works again" in recovered.getMessage()
+    assert "Traceback" not in caplog.text
+
+
+def test_library_chatter_stays_out_of_info_but_shows_at_debug(capfd, tmp_path, monkeypatch):
+    from bot.logs import configure_logging
+    from storage.db import make_engine, migrate
+
+    monkeypatch.setenv("SLACK_BOT_TOKEN", BOT_TOKEN)  # what makes Bolt warn about its token
+    settings = Settings(
+        slack_bot_token=BOT_TOKEN,
+        vps_api_token="t",
+        slack_signing_secret="s",
+        slack_api_url=f"http://127.0.0.1:{free_port()}/api/",
+        database_url=f"sqlite:///{tmp_path / 'snapbot.db'}",
+    )
+    try:
+        configure_logging("INFO")
+        runtime = build_runtime(settings, start_duties=False)
+        runtime.stop()
+        info = capfd.readouterr().err
+        configure_logging("DEBUG")
+        engine = make_engine(f"sqlite:///{tmp_path / 'other.db'}")
+        migrate(engine)
+        engine.dispose()
+        debug = capfd.readouterr().err
+    finally:
+        logging.getLogger().handlers.clear()
+        logging.getLogger().setLevel(logging.WARNING)
+    assert "setup plugin" not in info and "Context impl" not in info
+    assert "`token` will be unused" not in info
+    assert "snapbot ready" in info  # our own lines still show
+    assert "setup plugin" in debug or "Context impl" in debug

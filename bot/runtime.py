@@ -18,9 +18,10 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from bot.app import build_app
-from bot.config import ConfigError, Settings, exit_on_config_error
+from bot.config import ENV_VARS, ConfigError, Settings, exit_on_config_error
+from bot.core import authz
 from bot.jobs import DEFAULT_WORKERS
-from bot.services import Services, make_slack_client
+from bot.services import GroupCache, Services, make_slack_client
 from bot.vps.client import VpsClient
 from bot.watcher import Duties
 from storage.db import DatabaseUnusable, describe_failure, migrate, open_database
@@ -64,7 +65,10 @@ def check_startup(settings: Settings, *, slack: bool = True) -> Install | None:
     engine = open_engine(settings)
     try:
         # The token before the migration: a wrong one creates no schema.
-        install = verify_bot_token(make_slack_client(settings)) if slack else None
+        client = make_slack_client(settings)
+        install = verify_bot_token(client) if slack else None
+        if install is not None:
+            warn_unusable_groups(settings, GroupCache(client))
         migrate_or_raise(engine)
     finally:
         engine.dispose()
@@ -145,6 +149,23 @@ def verify_bot_token(client: WebClient) -> Install | None:
         install.bot_user_id,
     )
     return install
+
+
+def warn_unusable_groups(settings: Settings, groups: GroupCache) -> None:
+    """One warning line naming the user groups of SNAPSHOT_OPERATORS/APPROVERS that Slack
+    says do not exist, or that the workspace's plan cannot have: nobody gets rights
+    through them, and an operator should hear it now, not from a refused colleague."""
+    found = []
+    for name in ("snapshot_operators", "snapshot_approvers"):
+        allowed = getattr(settings, name)
+        gone = groups.unusable(sorted(authz.groups_of(allowed)))
+        if gone:
+            listed = ", ".join(f"{g} ({error})" for g, error in sorted(gone.items()))
+            found.append(f"{ENV_VARS[name]}: {listed}")
+    if found:
+        log.warning(
+            "user groups Slack cannot use, whose members get no rights: %s", "; ".join(found)
+        )
 
 
 @dataclass

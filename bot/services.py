@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
@@ -116,6 +116,14 @@ class Actor:
         )
 
 
+# What Slack answers usergroups.users.list for a group that cannot be read at all: the
+# configuration is wrong (or the plan has no user groups), not the moment.
+GROUP_GONE = {
+    "no_such_subteam": "user group {group} does not exist",
+    "plan_upgrade_required": "this workspace's plan has no user groups",
+}
+
+
 class GroupCache:
     """Members of Slack user groups (usergroups.users.list), cached briefly."""
 
@@ -124,6 +132,7 @@ class GroupCache:
         self.ttl = ttl
         self._cache: dict[str, tuple[float, frozenset[str]]] = {}
         self._unread: set[str] = set()  # groups Slack did not list on the last try
+        self._gone: dict[str, str] = {}  # group -> Slack's GROUP_GONE error on the last try
         self._lock = threading.Lock()
 
     def groups_of(self, user: str, allowed: authz.Allowed) -> frozenset[str]:
@@ -131,11 +140,25 @@ class GroupCache:
 
     def unread_note(self, allowed: authz.Allowed) -> str:
         """What a refusal should add when it may be due to Slack, not to the person."""
-        unread = sorted(g for g in authz.groups_of(allowed) if g in self._unread)
-        if not unread:
-            return ""
-        groups = ", ".join(f"<!subteam^{g}>" for g in unread)
-        return f" (Slack did not say who is in {groups} just now; if you are, try again soon.)"
+        groups = sorted(authz.groups_of(allowed))
+        with self._lock:
+            gone = {g: self._gone[g] for g in groups if g in self._gone}
+            unread = [g for g in groups if g in self._unread and g not in gone]
+        notes = sorted({GROUP_GONE[error].format(group=g) for g, error in gone.items()})
+        if unread:
+            names = ", ".join(f"<!subteam^{g}>" for g in unread)
+            notes.append(
+                f"Slack did not say who is in {names} just now; if you are, try again soon"
+            )
+        return f" ({'; '.join(notes)}.)" if notes else ""
+
+    def unusable(self, groups: Iterable[str]) -> dict[str, str]:
+        """Of ``groups``, those Slack answers a GROUP_GONE error for: {group: error}.
+        Asks Slack (through the cache); for the warning at start-up."""
+        for group in groups:
+            self.members(group)
+        with self._lock:
+            return {g: self._gone[g] for g in groups if g in self._gone}
 
     def members(self, group: str) -> frozenset[str]:
         with self._lock:
@@ -144,18 +167,32 @@ class GroupCache:
             return hit[1]
         try:
             users = frozenset(self.slack.usergroups_users_list(usergroup=group).get("users") or [])
-        except (SlackApiError, SlackClientError, OSError) as exc:
-            # Fail closed: an unknown membership grants nothing.
-            log.warning("could not read user group %s: %s", group, exc)
-            if hit:
-                return hit[1]
-            with self._lock:
-                self._unread.add(group)
-            return frozenset()
+        except SlackApiError as exc:
+            error = str(exc.response.get("error") or "") if exc.response is not None else ""
+            if error in GROUP_GONE:
+                # Fail closed, and remember why: refusals say so (not "try again").
+                with self._lock:
+                    self._gone[group] = error
+                    self._unread.discard(group)
+                    self._cache[group] = (time.monotonic(), frozenset())
+                return frozenset()
+            return self._unreadable(group, hit, exc)
+        except (SlackClientError, OSError) as exc:
+            return self._unreadable(group, hit, exc)
         with self._lock:
             self._cache[group] = (time.monotonic(), users)
             self._unread.discard(group)
+            self._gone.pop(group, None)
         return users
+
+    def _unreadable(self, group: str, hit, exc: Exception) -> frozenset[str]:
+        # Fail closed: an unknown membership grants nothing.
+        log.warning("could not read user group %s: %s", group, exc)
+        if hit:
+            return hit[1]
+        with self._lock:
+            self._unread.add(group)
+        return frozenset()
 
 
 @dataclass

@@ -379,3 +379,73 @@ def test_library_chatter_stays_out_of_info_but_shows_at_debug(capfd, tmp_path, m
     assert "`token` will be unused" not in info
     assert "snapbot ready" in info  # our own lines still show
     assert "setup plugin" in debug or "Context impl" in debug
+
+
+# --- user groups Slack cannot use (SPEC 13.6) -------------------------------------------
+
+
+def told(stack, user: str, needle: str) -> str:
+    def find():
+        return next(
+            (e.text for e in stack.slack.ephemerals(user=user) if needle in (e.text or "")), None
+        )
+
+    return stack.slack.wait_for(find, 30, what=f"{user} to be told {needle!r}")
+
+
+def test_user_groups_slack_does_not_know_are_named_in_one_warning_at_start(
+    fake_slack, tmp_path, caplog
+):
+    caplog.set_level(logging.INFO)
+    fake_slack.usergroups = {"S0OPS": ["U1"]}
+    settings = Settings(
+        slack_bot_token=BOT_TOKEN,
+        vps_api_token="t",
+        slack_signing_secret="s",
+        slack_api_url=fake_slack.api_url,
+        database_url=f"sqlite:///{tmp_path / 'snapbot.db'}",
+        snapshot_operators=frozenset({"U1", "S0OPS", "S0GONE"}),
+        snapshot_approvers=frozenset({"S0LEADS", "S0GONE"}),
+    )
+    check_startup(settings)
+    (line,) = [r.getMessage() for r in caplog.records if "user groups" in r.getMessage()]
+    assert "SNAPSHOT_OPERATORS: S0GONE (no_such_subteam)" in line
+    assert "SNAPSHOT_APPROVERS: S0GONE (no_such_subteam), S0LEADS (no_such_subteam)" in line
+    assert "S0OPS" not in line
+
+
+def test_a_workspace_without_user_groups_is_named_at_start(fake_slack, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    fake_slack.error_next("usergroups.users.list", 5, error="plan_upgrade_required")
+    settings = Settings(
+        slack_bot_token=BOT_TOKEN,
+        vps_api_token="t",
+        slack_signing_secret="s",
+        slack_api_url=fake_slack.api_url,
+        database_url=f"sqlite:///{tmp_path / 'snapbot.db'}",
+        snapshot_operators=frozenset({"S0OPS"}),
+    )
+    check_startup(settings)
+    (line,) = [r.getMessage() for r in caplog.records if "user groups" in r.getMessage()]
+    assert "SNAPSHOT_OPERATORS: S0OPS (plan_upgrade_required)" in line
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        ("no_such_subteam", "user group S0GONE does not exist"),
+        ("plan_upgrade_required", "this workspace's plan has no user groups"),
+    ],
+)
+def test_a_refusal_through_a_group_slack_cannot_use_says_the_real_reason(sqlite_url, error, reason):
+    from bot.devtools.stack import LocalStack
+
+    with LocalStack(
+        database_url=sqlite_url, settings_overrides={"snapshot_operators": frozenset({"S0GONE"})}
+    ) as stack:
+        if error != "no_such_subteam":  # the fake knows no S0GONE: that is no_such_subteam
+            stack.slack.error_next("usergroups.users.list", 5, error=error)
+        stack.user("U1").command("delete 798")
+        said = told(stack, "U1", "You may not delete snapshots")
+    assert reason in said
+    assert "try again" not in said

@@ -36,6 +36,7 @@ CLAIM = timedelta(seconds=60)
 MAX_ATTEMPTS = 12
 WAIT_FOR_PARENT = timedelta(seconds=1)
 BACKOFF_CAP_S = 120.0
+CHANNEL_HEALTH_KEY = "incident_channel.health"  # kv: "ok" or "unreachable: <Slack's error>"
 # The only Slack errors worth another try (SPEC 13.3): rate limits and Slack's own
 # failures. Any other `ok: false` is final: retrying an error nobody listed (a
 # read-only channel, a plan limit) only delays telling the user for minutes.
@@ -113,6 +114,7 @@ class Outbox:
         owner: str,
         clock: Callable[[], datetime],
         webhooks: httpx.Client | None = None,
+        watch_channel: str | None = None,
     ) -> None:
         self.engine = engine
         self.slack = slack
@@ -121,6 +123,8 @@ class Outbox:
         # Redirects are never followed: a 3xx from a response_url is an answer, not a
         # new address to post the user's message to (SPEC 14.6).
         self._webhooks = webhooks or httpx.Client(timeout=10, follow_redirects=False)
+        # INCIDENT_CHANNEL: whether its last post arrived is kept for /healthz.
+        self.watch_channel = watch_channel
 
     # --- queueing (inside the caller's unit of work) ---
 
@@ -257,6 +261,7 @@ class Outbox:
         with session_scope(self.engine) as s:
             if result.sent:
                 repo.mark_message_sent(s, message_id=message_id, now=self.clock(), ts=result.ts)
+                self._note_channel(s, method, payload, "ok")
             elif result.permanent or attempts >= MAX_ATTEMPTS:
                 log.warning(
                     "slack %s dropped for good: %s (message %s)", method, result.error, message_id
@@ -264,6 +269,7 @@ class Outbox:
                 repo.mark_message_failed(
                     s, message_id=message_id, now=self.clock(), error=result.error
                 )
+                self._note_channel(s, method, payload, f"unreachable: {result.error}")
             else:
                 delay = min(BACKOFF_CAP_S, 0.5 * 2 ** max(0, attempts - 1)) * (
                     0.5 + random.random() / 2
@@ -275,6 +281,25 @@ class Outbox:
                     next_attempt_at=self.clock() + timedelta(seconds=delay),
                 )
         return result
+
+    def _note_channel(self, session, method: str, payload: dict, health: str) -> None:
+        """Keep INCIDENT_CHANNEL's health as its last post's outcome, in the database
+        so that every process's /healthz shows it; say so loudly when it changes."""
+        if method != "chat.postMessage" or payload.get("channel") != self.watch_channel:
+            return
+        before = repo.get_setting(session, key=CHANNEL_HEALTH_KEY)
+        if before == health:
+            return
+        repo.put_setting(session, key=CHANNEL_HEALTH_KEY, value=health)
+        if health == "ok":
+            log.warning("INCIDENT_CHANNEL %s is reachable again", self.watch_channel)
+        else:
+            log.error(
+                "INCIDENT_CHANNEL %s is %s: nobody there hears of requests, restores and "
+                "failures; invite snapbot to it (/invite @snapbot) or fix INCIDENT_CHANNEL",
+                self.watch_channel,
+                health,
+            )
 
     def _resolve(self, payload: dict) -> dict:
         payload = dict(payload)

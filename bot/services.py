@@ -217,7 +217,13 @@ class Services:
             self.settings.slack_signing_secret or self.settings.slack_bot_token
         )
         self.groups = GroupCache(self.slack)
-        self.outbox = Outbox(self.engine, self.slack, owner=self.owner, clock=self.clock)
+        self.outbox = Outbox(
+            self.engine,
+            self.slack,
+            owner=self.owner,
+            clock=self.clock,
+            watch_channel=self.settings.incident_channel,
+        )
         self.jobs = JobRunner(
             self.engine,
             owner=self.owner,

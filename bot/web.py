@@ -29,7 +29,8 @@ from slack_bolt.request.internals import build_context
 
 from bot import request_guard
 from bot.config import ConfigError, load_settings
-from bot.logs import configure_logging
+from bot.logs import Outage, configure_logging
+from bot.outbox import CHANNEL_HEALTH_KEY
 from bot.runtime import Runtime, build_runtime, check_startup, checked_install, startup_checked
 from bot.watcher import LEASE_NAME
 from storage import repositories as repo
@@ -48,6 +49,7 @@ class WebApp:
         self.runtime = runtime
         self.slack = _FormAwareHandler(runtime.app, path="/slack/events")
         self.secret = (runtime.settings.slack_signing_secret or "").encode()
+        self._database_outage = Outage(log, "health check: the database")
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
@@ -108,16 +110,21 @@ class WebApp:
         try:
             check_database(self.runtime.engine)
         except Exception as exc:
-            log.warning("health check: database unavailable: %s", type(exc).__name__)
+            # Probed every few seconds: said once per outage, not once per probe.
+            self._database_outage.failed(exc)
             return _json(
                 start_response, "503 Service Unavailable", {"ok": False, "database": "unavailable"}
             )
+        self._database_outage.ok()
+        channel = self.runtime.settings.incident_channel
         try:
             with session_scope(self.runtime.engine, readonly=True) as s:
                 holder = repo.lease_holder(s, name=LEASE_NAME, now=self.runtime.services.clock())
                 queued = repo.count_jobs(s, states=("queued",))
+                # Its last post's outcome, whichever process sent it (bot/outbox.py).
+                health = repo.get_setting(s, key=CHANNEL_HEALTH_KEY) if channel else "unset"
         except Exception:
-            holder, queued = None, None
+            holder, queued, health = None, None, "unknown"
         return _json(
             start_response,
             "200 OK",
@@ -127,6 +134,9 @@ class WebApp:
                 # Whether this web process (its job worker) does the background duties.
                 "duties_holder": bool(holder) and holder.endswith(f"/web-{os.getppid()}"),
                 "jobs_queued": queued,
+                # "ok", "unreachable: not_in_channel" (until a post succeeds), "untested"
+                # (nothing posted there yet) or "unset".
+                "incident_channel": health or "untested",
             },
         )
 

@@ -449,3 +449,54 @@ def test_a_refusal_through_a_group_slack_cannot_use_says_the_real_reason(sqlite_
         said = told(stack, "U1", "You may not delete snapshots")
     assert reason in said
     assert "try again" not in said
+
+
+# --- INCIDENT_CHANNEL unreachable (SPEC 13.6) -------------------------------------------
+
+
+def healthz_of(runtime) -> dict:
+    import json
+
+    from bot.web import WebApp
+
+    statuses = []
+    body = WebApp(runtime).healthz(lambda status, headers: statuses.append(status))
+    assert statuses == ["200 OK"]
+    return json.loads(b"".join(body))
+
+
+def post_incident(stack, text: str) -> None:
+    from storage.db import session_scope
+
+    with session_scope(stack.runtime.engine) as s:
+        mid = stack.services.notify_incident(s, text)
+    stack.services.outbox.flush([mid])
+
+
+def test_an_unreachable_incident_channel_is_said_loudly_once_and_shown_by_healthz_until_a_post_works(
+    sqlite_url, caplog
+):
+    from bot.devtools.stack import INCIDENT_CHANNEL, LocalStack
+
+    caplog.set_level(logging.INFO)
+    with LocalStack(database_url=sqlite_url, start_duties=False) as stack:
+        assert healthz_of(stack.runtime)["incident_channel"] == "untested"
+        stack.slack.not_in_channels.add(INCIDENT_CHANNEL)
+        post_incident(stack, "first")
+        post_incident(stack, "second")
+        health = healthz_of(stack.runtime)
+        assert health["incident_channel"] == "unreachable: not_in_channel"
+        assert health["ok"] is True and "jobs_queued" in health and "duties_holder" in health
+        # Every process sees it: another runtime on the same database.
+        other = build_runtime(stack.settings, start_duties=False)
+        try:
+            assert healthz_of(other)["incident_channel"] == "unreachable: not_in_channel"
+            stack.slack.not_in_channels.discard(INCIDENT_CHANNEL)
+            post_incident(stack, "third")
+            assert healthz_of(other)["incident_channel"] == "ok"
+        finally:
+            other.stop()
+    loud = [r for r in caplog.records if "INCIDENT_CHANNEL" in r.getMessage()]
+    assert [r.levelno for r in loud] == [logging.ERROR, logging.WARNING]
+    assert INCIDENT_CHANNEL in loud[0].getMessage() and "not_in_channel" in loud[0].getMessage()
+    assert "reachable again" in loud[1].getMessage()

@@ -299,6 +299,11 @@ class JobRunner:
         self._closed.set()
         if self._feeder is not None:
             self._feeder.join(5)
+        with self._lock:
+            in_hand = len(self._dispatched)
+        # From here on no job is taken, which tells an operator (and the SIGTERM drill)
+        # a stop that drains its running jobs from one that hangs.
+        log.info("job runner %s takes no more jobs; %d in hand finish first", self.owner, in_hand)
         self._pool.shutdown(wait=wait, cancel_futures=True)
         # SIGTERM: what was accepted but never started stays queued in the database;
         # hand it back so the next process runs it at once.

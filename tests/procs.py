@@ -63,13 +63,22 @@ class Proc:
 
     def terminate(self, timeout: float = 30.0) -> int:
         """SIGTERM to the process group: gunicorn's graceful stop."""
+        self.send_sigterm()
+        return self.wait(timeout)
+
+    def send_sigterm(self) -> None:
+        """SIGTERM to the process group, as a platform stops it; returns at once, so a
+        test can release what the stop is waiting for."""
         if self.popen.poll() is None:
             os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(5)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        """The exit status; past ``timeout`` (a hang) the group is killed."""
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(5)
         return self.popen.returncode
 
     def kill9(self) -> None:
@@ -89,7 +98,9 @@ def snapbot_env(settings: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def start_web(settings: dict[str, str], tmp_path: Path, *, workers: int = 1, name: str = "web") -> Proc:
+def start_web(
+    settings: dict[str, str], tmp_path: Path, *, workers: int = 1, name: str = "web"
+) -> Proc:
     """The Procfile's `web:` command, on a free loopback port, in a fresh directory
     (so no stray .env is read)."""
     port = free_port()
@@ -100,7 +111,14 @@ def start_web(settings: dict[str, str], tmp_path: Path, *, workers: int = 1, nam
     cwd.mkdir(exist_ok=True)
     with open(log_path, "wb") as log:
         popen = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--config", "python:bot.gunicorn_conf", "bot.web:create_app()"],
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "--config",
+                "python:bot.gunicorn_conf",
+                "bot.web:create_app()",
+            ],
             cwd=cwd,
             env=env,
             stdout=log,
@@ -116,14 +134,27 @@ def start_web(settings: dict[str, str], tmp_path: Path, *, workers: int = 1, nam
     return proc
 
 
-def start_simulator_process(tmp_path: Path, *, token: str, create_seconds: float = 2.0,
-                            restore_seconds: float = 2.0) -> Proc:
+def start_simulator_process(
+    tmp_path: Path, *, token: str, create_seconds: float = 2.0, restore_seconds: float = 2.0
+) -> Proc:
     port = free_port()
     log_path = tmp_path / f"sim-{port}.log"
     with open(log_path, "wb") as log:
         popen = subprocess.Popen(
-            [sys.executable, "-m", "bot", "vps-sim", "--port", str(port), "--token", token,
-             "--create-seconds", str(create_seconds), "--restore-seconds", str(restore_seconds)],
+            [
+                sys.executable,
+                "-m",
+                "bot",
+                "vps-sim",
+                "--port",
+                str(port),
+                "--token",
+                token,
+                "--create-seconds",
+                str(create_seconds),
+                "--restore-seconds",
+                str(restore_seconds),
+            ],
             cwd=tmp_path,
             env=snapbot_env({}),
             stdout=log,

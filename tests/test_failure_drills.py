@@ -39,6 +39,7 @@ from bot.devtools.stack import BOT_TOKEN, INCIDENT_CHANNEL, SIGNING_SECRET, VPS_
 from bot.services import Actor, Services, make_slack_client
 from bot.vps.client import VpsClient
 from bot.vps.simulator import SimHandle, SimServer, start_simulator
+from bot.worker import JOB_THREADS
 from storage import repositories as repo
 from storage.db import make_engine, normalise_url, session_scope
 from storage.tables import Approval, AuditEvent, Job, Lease, RestoreRequest
@@ -667,11 +668,17 @@ def _post(url: str, body: bytes) -> httpx.Response:
 
 
 def test_sigterm_mid_restore_and_holding_the_lease_loses_nothing(tmp_path):
-    """SIGTERM to the real gunicorn `web` while a restore call is in flight, jobs are
-    waiting and a snapshot is being watched: the restore ends once, the lease is handed
-    back at once, and the next process runs what was left and reports the snapshot."""
-    sim = start_simulator(token=VPS_TOKEN, create_seconds=4.0, restore_seconds=1.0)
-    faults = EndpointFaults(sim.state)
+    """SIGTERM to the real gunicorn `web` while a restore call is in flight, every job
+    thread is busy, more jobs wait and a snapshot is being watched: the restore ends
+    once, the lease is handed back at once, and the next process runs what was left and
+    reports the snapshot.
+
+    Nothing here races the clock: the provider holds each call in flight until the
+    drill has seen the state it needs (every thread busy, jobs queued behind them, the
+    job worker taking no more jobs), and the snapshot completes when the drill moves
+    the provider's time on. A held call must still come back within the bot's own
+    provider timeout, so each is released as soon as its state is reached."""
+    sim = start_simulator(token=VPS_TOKEN, create_seconds=600.0, restore_seconds=1.0)
     fake = FakeSlack().start()
     db = f"sqlite:///{tmp_path / 'sigterm.db'}"
     settings = {
@@ -687,18 +694,12 @@ def test_sigterm_mid_restore_and_holding_the_lease_loses_nothing(tmp_path):
     engine = make_engine(db)
     web_b = None
     web_a = start_web(settings, tmp_path, name="web-a")
+    slack = SlackClientSim(web_a.url + "/slack/events", SIGNING_SECRET)
     try:
-        events = web_a.url + "/slack/events"
 
-        def command(user: str, text_: str, url: str = events) -> httpx.Response:
-            return _post(
-                url,
-                slash_command_body(
-                    text_,
-                    user_id=user,
-                    response_url=fake.response_url(user, channel="C1", user=user),
-                ),
-            )
+        def command(user: str, text_: str) -> httpx.Response:
+            response_url = fake.response_url(user, channel="C1", user=user)
+            return slack.post(slash_command_body(text_, user_id=user, response_url=response_url))
 
         def message(needle: str):
             return fake.wait_for(
@@ -706,39 +707,65 @@ def test_sigterm_mid_restore_and_holding_the_lease_loses_nothing(tmp_path):
                     (m for m in fake.messages("C1") if needle in (m.text or "") and not m.is_reply),
                     None,
                 ),
-                15,
+                60,
                 what=needle,
             )
 
-        # A snapshot under way (watched by web A, the lease holder) ...
+        def jobs(state: str) -> int:
+            with session_scope(engine, readonly=True) as s:
+                return repo.count_jobs(s, states=(state,))
+
+        # A snapshot under way, watched by web A (the lease holder); it stays in
+        # progress until the drill advances the provider's clock.
         assert command("UALICE", "create 12346 drill-sigterm").status_code == 200
         parent = message("drill-sigterm")
-        fake.wait_for(lambda: "being created" in (fake.message("C1", parent.ts).text or ""), 15)
-        # ... a restore whose provider call takes 4 s ...
+        fake.wait_for(lambda: "being created" in (fake.message("C1", parent.ts).text or ""), 60)
         command("UBOB", "restore 801 sigterm drill")
         request = message("Restore request #")
-        faults.add("POST", "snapshots/{id}/restore/", latency=4.0)
-        _post(
-            events,
-            button_press_body(
-                request,
-                ids.APPROVE,
-                user_id="UCAROL",
-                response_url=fake.response_url("approve", channel="C1", user="UCAROL"),
-            ),
-        )
-        wait_until(lambda: sim.state.calls[RESTORE] == 1, 15, interval=0.05, what="the call")
-        # ... and more work than the 16 job workers take at once: lists that each wait
-        # 3 s on the provider, so some are still queued when SIGTERM comes.
-        faults.add("GET", "snapshots/", latency=3.0, times=-1)
-        users = [f"UL{i:02d}" for i in range(20)]
-        for user in users:
-            assert command(user, "list").status_code == 200
-        with session_scope(engine, readonly=True) as s:
-            assert repo.count_jobs(s, states=("queued", "running")) >= 17
+        wait_until(lambda: jobs("queued") + jobs("running") == 0, 60, what="the request's job")
 
-        assert web_a.terminate(timeout=40) == 0  # a clean exit
-        faults.clear()
+        # Every job thread but one busy with a list held at the provider (lists of one
+        # server; every other call goes through) ...
+        lists_held = sim.state.hold("GET", "snapshots/", query="server_id=12346")
+        restore_held = sim.state.hold("POST", "snapshots/{id}/restore/")
+        users = [f"UL{i:02d}" for i in range(JOB_THREADS + 2)]
+        for user in users[: JOB_THREADS - 1]:
+            assert command(user, "list 12346").status_code == 200
+        wait_until(lambda: jobs("running") == JOB_THREADS - 1, 60, what="the lists to start")
+        lists_held.wait_arrived(1)
+        # ... the last one with the approved restore, whose provider call is held ...
+        approve = button_press_body(
+            request,
+            ids.APPROVE,
+            user_id="UCAROL",
+            response_url=fake.response_url("approve", channel="C1", user="UCAROL"),
+        )
+        assert slack.post(approve).status_code == 200
+        restore_held.wait_arrived(1)
+        # ... and three more lists queued behind them: no thread is free to take them.
+        for user in users[JOB_THREADS - 1 :]:
+            assert command(user, "list 12346").status_code == 200
+        assert (jobs("running"), jobs("queued")) == (JOB_THREADS, 3)
+
+        web_a.send_sigterm()
+        # The restore's answer comes back after SIGTERM; its thread may then take one
+        # queued list, which waits at the provider like the others.
+        restore_held.release()
+        with session_scope(engine, readonly=True) as s:
+            job_worker = (
+                s.execute(select(Job.owner).where(Job.state == "running", Job.kind == "command"))
+                .scalars()
+                .first()
+            )
+        wait_until(
+            lambda: f"job runner {job_worker} takes no more jobs" in web_a.log(),
+            60,
+            interval=0.05,
+            what="the job worker to stop taking jobs",
+        )
+        lists_held.release()
+        assert web_a.wait(timeout=60) == 0  # a clean exit
+
         # The restore in flight finished before the process left: once, and recorded.
         req = requests_of(engine)[0]
         assert req.state == "succeeded"
@@ -748,37 +775,33 @@ def test_sigterm_mid_restore_and_holding_the_lease_loses_nothing(tmp_path):
             left = repo.count_jobs(s, states=("queued",))
             assert repo.count_jobs(s, states=("running",)) == 0
         assert lease.owner == "" and lease.expires_at <= datetime.now(UTC)
-        assert left >= 1, "SIGTERM came after every job had started; no queued job to hand over"
+        assert left >= 2, f"{left} queued job(s) left to hand over"
 
-        # The next process takes the lease at once and runs what was left.
+        # The snapshot completes while nobody runs; the next process takes the lease at
+        # once, runs what was left and reports the snapshot.
+        sim.state.advance(600)
         web_b = start_web(settings, tmp_path, name="web-b")
         for user in users:
             fake.wait_for(
                 lambda u=user: any(
                     "snapshot(s)" in (e.text or "") for e in fake.ephemerals(user=u)
                 ),
-                20,
+                60,
                 what=f"{user}'s list",
             )
         reply = fake.wait_for(
             lambda: next(
                 (m for m in fake.thread("C1", parent.ts) if "completed" in (m.text or "")), None
             ),
-            20,
+            60,
             what="the snapshot's reply",
         )
         assert "<@UALICE>" in reply.text
         fake.wait_for(
             lambda: any("Restore started" in (m.text or "") for m in fake.thread("C1", request.ts)),
-            20,
+            60,
         )
-        wait_until(
-            lambda: (
-                _count(engine, "SELECT count(*) FROM job WHERE state IN ('queued','running')") == 0
-            ),
-            20,
-            interval=0.2,
-        )
+        wait_until(lambda: jobs("queued") + jobs("running") == 0, 60, interval=0.2)
         assert len(fake.thread("C1", parent.ts)) == 1
         assert sim.state.calls[RESTORE] == 1
         assert sim.state.calls[CREATE] == 1
@@ -786,6 +809,8 @@ def test_sigterm_mid_restore_and_holding_the_lease_loses_nothing(tmp_path):
         assert verify(engine, settings["AUDIT_KEY"].encode()).ok
         assert "Traceback" not in web_a.log()
     finally:
+        sim.state.release_holds()
+        slack.close()
         web_a.kill9()
         if web_b is not None:
             web_b.terminate()

@@ -395,6 +395,62 @@ def test_latency_delays_every_answer(sim: SimHandle, api: httpx.Client) -> None:
     assert time.perf_counter() - begun >= 0.15
 
 
+def test_a_held_request_waits_until_released_and_then_answers(
+    sim: SimHandle, api: httpx.Client
+) -> None:
+    answers: list[httpx.Response] = []
+    with sim.state.hold("POST", "snapshots/{id}/restore/") as held:
+        caller = threading.Thread(target=lambda: answers.append(api.post("snapshots/801/restore/")))
+        caller.start()
+        held.wait_arrived(1)
+        # Counted, not applied, not answered: the server is not restoring yet.
+        assert sim.state.calls["POST snapshots/{id}/restore/"] == 1
+        assert api.get("servers/12345/").json()["status"] == "running"
+        assert answers == []
+        held.release()
+        caller.join(30)
+    assert [a.status_code for a in answers] == [200]
+    assert api.get("servers/12345/").json()["status"] == "restoring"
+
+
+def test_a_hold_with_a_query_holds_only_that_query(sim: SimHandle, api: httpx.Client) -> None:
+    answers: list[httpx.Response] = []
+    with sim.state.hold("GET", "snapshots/", query="server_id=12346") as held:
+        caller = threading.Thread(
+            target=lambda: answers.append(api.get("snapshots/", params={"server_id": 12346}))
+        )
+        caller.start()
+        held.wait_arrived(1)
+        # Other servers' lists and the unfiltered list go through meanwhile.
+        assert api.get("snapshots/", params={"server_id": 12345}).json()["count"] == 2
+        assert api.get("snapshots/").json()["count"] == 2
+        assert answers == []
+    caller.join(30)
+    assert [a.json()["count"] for a in answers] == [0]
+    assert held.arrived == 1
+
+
+def test_stopping_the_simulator_releases_what_it_holds() -> None:
+    handle = start_simulator(port=0, token=TOKEN)
+    held = handle.state.hold("GET", "snapshots/")
+    outcome: list[object] = []
+
+    def call() -> None:
+        try:
+            outcome.append(
+                httpx.get(handle.url + "snapshots/", headers={"Authorization": f"Bearer {TOKEN}"})
+            )
+        except httpx.HTTPError as exc:
+            outcome.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    held.wait_arrived(1)
+    handle.stop()
+    caller.join(30)
+    assert held.released and not caller.is_alive() and len(outcome) == 1
+
+
 def test_fail_snapshot_ends_it_failed_and_vanish_removes_it(
     sim: SimHandle, api: httpx.Client
 ) -> None:

@@ -11,7 +11,11 @@ errors, so the demo and every test run against real HTTP:
 * fault switches (latency, failing the next N requests, a failure rate, a failed or
   vanished snapshot, the optional servers endpoint switched off) are settable from
   Python and, for a simulator in another process, over HTTP under `/_sim/`
-  (no token needed there):
+  (no token needed there);
+* holds, from Python only: ``state.hold("POST", "snapshots/{id}/restore/")`` keeps
+  every matching request waiting (counted, not yet answered) until the test says
+  ``release()``, so a test holds work in flight for exactly as long as it needs
+  instead of guessing a latency:
 
     GET  /_sim/stats   {"total": N, "calls": {"GET snapshots/": N, ...},
                         "writes": [{"time": t, "method": "POST", "path": "snapshots/"}, ...],
@@ -151,6 +155,63 @@ class Faults:
     duplicate_ids: bool = False
 
 
+class Hold:
+    """API requests kept waiting by `SimState.hold` until `release()`.
+
+    A held request has been counted (``calls``) and waits before its latency, faults
+    and answer; released, it goes on as if it had just arrived. The client's own
+    timeout still runs while it waits, so release it within that. Usable as a context
+    manager, which releases on the way out (a failing test leaves nothing hanging).
+    """
+
+    def __init__(self, method: str, template: str, query: str | None) -> None:
+        self.method = method
+        self.template = template
+        self.query = query
+        self._cond = threading.Condition()
+        self._released = False
+        self.arrived = 0  # requests that reached the hold (released or not)
+
+    def __repr__(self) -> str:
+        query = "" if self.query is None else f"?{self.query}"
+        return f"Hold({self.method} {self.template}{query}, arrived={self.arrived})"
+
+    def matches(self, method: str, template: str, query: str) -> bool:
+        return (method, template) == (self.method, self.template) and (
+            self.query is None or query == self.query
+        )
+
+    def wait(self) -> None:
+        """Called by the request's thread: wait here until released."""
+        with self._cond:
+            self.arrived += 1
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: self._released)
+
+    def wait_arrived(self, n: int = 1, timeout: float = 60.0) -> int:
+        """Block until ``n`` requests reached the hold; AssertionError after ``timeout``."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.arrived >= n, timeout):
+                raise AssertionError(f"{self}: {n} request(s) did not arrive in {timeout} s")
+            return self.arrived
+
+    def release(self) -> None:
+        """Let every held request (and every later one) through."""
+        with self._cond:
+            self._released = True
+            self._cond.notify_all()
+
+    @property
+    def released(self) -> bool:
+        return self._released
+
+    def __enter__(self) -> Hold:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -179,6 +240,7 @@ class SimState:
         self._lock = threading.Lock()
         self.calls: Counter[str] = Counter()
         self.writes: list[tuple[float, str, str]] = []
+        self._holds: list[Hold] = []
         self.reset()
 
     def __repr__(self) -> str:
@@ -195,7 +257,9 @@ class SimState:
             self._offset += seconds
 
     def reset(self) -> None:
-        """Back to vps-api.md's servers and snapshots; faults, counters and time reset."""
+        """Back to vps-api.md's servers and snapshots; faults, counters and time reset
+        (holds released)."""
+        self.release_holds()
         with self._lock:
             self._offset = 0.0
             self._servers = {sid: _Server(sid, name) for sid, name in SEED_SERVERS.items()}
@@ -254,6 +318,32 @@ class SimState:
             self.faults.fail_status = int(status)
             self.faults.fail_after_apply = bool(after_apply)
             self.faults.fail_detail = detail
+
+    def hold(self, method: str, template: str, *, query: str | None = None) -> Hold:
+        """Keep the matching API requests waiting until the returned hold is released.
+
+        ``template`` is a route as counted in ``calls`` ("snapshots/", "snapshots/{id}/restore/");
+        ``query``, when given, must equal the request's query string ("server_id=12346";
+        "" for none), so a test can hold one server's lists and not another's.
+        """
+        held = Hold(method.upper(), template, query)
+        with self._lock:
+            self._holds = [h for h in self._holds if not h.released] + [held]
+        return held
+
+    def release_holds(self) -> None:
+        with self._lock:
+            holds, self._holds = self._holds, []
+        for held in holds:
+            held.release()
+
+    def wait_if_held(self, method: str, template: str, query: str) -> None:
+        """Called for each API request after `begin`: wait out every hold it matches."""
+        with self._lock:
+            holds = [h for h in self._holds if not h.released]
+        for held in holds:
+            if held.matches(method, template, query):
+                held.wait()
 
     def fail_snapshot(self, snapshot_id: int) -> None:
         """The snapshot ends now in status `failed`, without a size."""
@@ -684,6 +774,7 @@ class _Handler(BaseHTTPRequestHandler):
         template, ident = route(path)
         relative = path if template == "<unknown>" else path[len(API_PREFIX) :].strip("/") + "/"
         latency, fail_status, after_apply = state.begin(method, template, relative)
+        state.wait_if_held(method, template, query)
         if latency:
             time.sleep(latency)
         if state.faults.redirect_to:
@@ -923,6 +1014,7 @@ class SimHandle:
         if self._stopped:
             return
         self._stopped = True
+        self.state.release_holds()  # held requests answer; their threads end
         stopper = threading.Thread(target=self._server.shutdown, daemon=True)
         stopper.start()
         # serve_forever sees the request only when it wakes up: wake it now with a

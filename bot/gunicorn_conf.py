@@ -1,6 +1,7 @@
 """gunicorn settings for the `web` process (Procfile) and `snapbot serve`."""
 
 import os
+import signal
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '3000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -40,6 +41,26 @@ def when_ready(server):
     from bot.worker import JobWorkerSupervisor
 
     _job_worker = JobWorkerSupervisor().start()
+
+    # From the master's first sight of a stop signal, not at on_exit (after the HTTP
+    # workers have drained): the job worker got the same signal and may be gone by then.
+    def stopping():
+        _job_worker.no_restarts()
+        server.log.info("Stopping: the job worker is not replaced from now on")
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        _before(sig, stopping)
+
+
+def _before(sig, action):
+    previous = signal.getsignal(sig)
+
+    def handler(signum, frame):
+        action()
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(sig, handler)
 
 
 def on_exit(server):

@@ -117,6 +117,12 @@ class JobWorkerSupervisor:
             )
             self._stop.wait(delay)
 
+    def no_restarts(self) -> None:
+        """The web process is stopping. Platforms signal the whole process group, so
+        the job worker may leave before the master gets to ``stop``: it is not
+        replaced by one that would take queued jobs meant for the next process."""
+        self._stop.set()
+
     def stop(self, timeout: float = 25.0) -> None:
         """SIGTERM to the job worker, and wait for its running jobs to finish."""
         with self._lock:

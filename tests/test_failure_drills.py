@@ -765,6 +765,10 @@ def test_sigterm_mid_restore_and_holding_the_lease_loses_nothing(tmp_path):
         )
         lists_held.release()
         assert web_a.wait(timeout=60) == 0  # a clean exit
+        # The job worker got the SIGTERM too and left first: it was not replaced by one
+        # that would take the queued jobs while the master stopped.
+        assert "the job worker is not replaced" in web_a.log()
+        assert "starting another" not in web_a.log()
 
         # The restore in flight finished before the process left: once, and recorded.
         req = requests_of(engine)[0]
@@ -817,6 +821,30 @@ def test_sigterm_mid_restore_and_holding_the_lease_loses_nothing(tmp_path):
         engine.dispose()
         fake.stop()
         sim.stop()
+
+
+def test_a_web_process_told_to_stop_never_starts_another_job_worker(tmp_path):
+    """SIGTERM reaches the whole process group, so the job worker (with nothing to
+    finish) leaves while gunicorn's master still waits for its HTTP workers; once it
+    replaced it, and the new one took jobs queued for the next process."""
+    with start_simulator(token=VPS_TOKEN) as sim, FakeSlack().start() as fake:
+        settings = {
+            "SLACK_BOT_TOKEN": BOT_TOKEN,
+            "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+            "SLACK_API_URL": fake.api_url,
+            "VPS_API_URL": sim.url,
+            "VPS_API_TOKEN": VPS_TOKEN,
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'stop.db'}",
+            "AUDIT_KEY": "drill-audit-key-" + secrets.token_hex(8),
+        }
+        web = start_web(settings, tmp_path)
+        try:
+            wait_until(lambda: "job worker ready" in web.log(), 60, what="the job worker")
+            assert web.terminate(timeout=60) == 0
+        finally:
+            web.kill9()
+        assert "the job worker is not replaced" in web.log()
+        assert "starting another" not in web.log()
 
 
 def _count(engine, sql: str) -> int:

@@ -10,7 +10,6 @@ sent to each process; processes are killed with SIGKILL mid-flight.
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
@@ -26,7 +25,7 @@ from storage import repositories as repo
 from storage.db import make_engine, session_scope
 from storage.tables import Lease, RestoreRequest
 from tests.conftest import wait_until
-from tests.procs import Proc, start_web
+from tests.procs import HANG_GUARD_S, Proc, start_web
 
 pytestmark = pytest.mark.postgres
 
@@ -127,7 +126,7 @@ class Deployment:
                 None,
             )
 
-        message = self.fake.wait_for(posted, 10, what="the request message")
+        message = self.fake.wait_for(posted, HANG_GUARD_S, what="the request message")
         rid = int(message.text.split("#", 1)[1].split(" ", 1)[0])
         wait_until(lambda: self.request(rid).message_ts == message.ts, what="message remembered")
         return rid, message
@@ -408,7 +407,6 @@ def test_approved_request_whose_process_died_before_the_call_executes_once(sims,
     sim.state.latency = 0.0
     assert d.request(rid).state == "approved"
     assert sim.state.calls[RESTORE] == 0
-    started = time.monotonic()
     d.age_request(rid, decided_at=datetime.now(UTC) - timedelta(minutes=1))
     d.lapse_lease()
 
@@ -416,5 +414,4 @@ def test_approved_request_whose_process_died_before_the_call_executes_once(sims,
     wait_until(lambda: d.request(rid).state == "succeeded", 15, what="the resumed restore")
     wait_until(d.delivered, 10, what="everything delivered")
     assert sim.state.calls[RESTORE] == 1
-    assert time.monotonic() - started < 30
     assert any("Restore started" in t for t in d.thread(message))

@@ -51,6 +51,7 @@ from storage import repositories as repo
 from storage.db import session_scope
 from storage.tables import AuditEvent, RestoreRequest
 from tests.conftest import wait_until
+from tests.procs import HANG_GUARD_S
 
 OP, AP, RQ, NO = "UOP", "UAPP", "URQ", "UNONE"
 ROLES = {"operator": OP, "approver": AP, "requester": RQ, "neither": NO}
@@ -248,7 +249,7 @@ class Run:
         return busy == 0 and unsent == 0
 
     def wait_settled(self) -> None:
-        self.stack.slack.wait_for(self.settled, 20, what="the app to finish the batch")
+        self.stack.slack.wait_for(self.settled, HANG_GUARD_S, what="the app to finish the batch")
 
     def audit_since_mark(self) -> list[AuditEvent]:
         with session_scope(self.stack.runtime.engine, readonly=True) as s:
@@ -336,7 +337,7 @@ def _request_message(run: Run, request_id: int):
             ),
             None,
         ),
-        10,
+        HANG_GUARD_S,
         what=f"the message of {needle}",
     )
 

@@ -38,6 +38,7 @@ from bot.web import WebApp
 from storage.tables import AuditEvent, RestoreRequest
 from tests.conftest import wait_until
 from tests.e2e_helpers import wait_for_ephemeral
+from tests.procs import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = yaml.safe_load((ROOT / "manifest.yml").read_text(encoding="utf-8"))
@@ -222,7 +223,7 @@ def test_the_manifests_bot_scopes_cover_every_slack_call_the_app_makes(tmp_path)
         operator.command("list")
         wait_for_ephemeral(stack, "UMEMBER", "Delete snapshot")
         wait_for_ephemeral(stack, "UOPS", "snapshot(s)")
-        stack.slack.wait_for_call("views.update", timeout=10)
+        stack.slack.wait_for_call("views.update", timeout=HANG_GUARD_S)
         wait_until(
             lambda: any("completed" in (m.text or "") for m in stack.slack.messages("C1")),
             what="the threaded completion",

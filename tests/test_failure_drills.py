@@ -44,7 +44,7 @@ from storage import repositories as repo
 from storage.db import make_engine, normalise_url, session_scope
 from storage.tables import Approval, AuditEvent, Job, Lease, RestoreRequest
 from tests.conftest import PG_URL, wait_until
-from tests.procs import start_web
+from tests.procs import HANG_GUARD_S, start_web
 
 UNREACHABLE = "The provider is unreachable or failing right now; nothing was changed."
 LIST = "GET snapshots/"
@@ -116,7 +116,9 @@ def told(stack: LocalStack, user: str, needle: str, timeout: float = 15.0) -> st
             (e.text for e in stack.slack.ephemerals(user=user) if needle in (e.text or "")), None
         )
 
-    return stack.slack.wait_for(find, timeout, what=f"{user} to be told {needle!r}")
+    return stack.slack.wait_for(
+        find, max(timeout, HANG_GUARD_S), what=f"{user} to be told {needle!r}"
+    )
 
 
 def posted(stack: LocalStack, needle: str, channel: str = "C1", timeout: float = 15.0):
@@ -130,7 +132,9 @@ def posted(stack: LocalStack, needle: str, channel: str = "C1", timeout: float =
             None,
         )
 
-    return stack.slack.wait_for(find, timeout, what=f"a message in {channel} with {needle!r}")
+    return stack.slack.wait_for(
+        find, max(timeout, HANG_GUARD_S), what=f"a message in {channel} with {needle!r}"
+    )
 
 
 def replied(stack: LocalStack, parent, needle: str, timeout: float = 15.0):
@@ -140,7 +144,7 @@ def replied(stack: LocalStack, parent, needle: str, timeout: float = 15.0):
             None,
         )
 
-    return stack.slack.wait_for(find, timeout, what=f"a reply with {needle!r}")
+    return stack.slack.wait_for(find, max(timeout, HANG_GUARD_S), what=f"a reply with {needle!r}")
 
 
 def settled(stack: LocalStack) -> bool:
@@ -151,7 +155,9 @@ def settled(stack: LocalStack) -> bool:
 
 
 def wait_settled(stack: LocalStack, timeout: float = 20.0) -> None:
-    stack.slack.wait_for(lambda: settled(stack), timeout, what="the app to finish its work")
+    stack.slack.wait_for(
+        lambda: settled(stack), max(timeout, HANG_GUARD_S), what="the app to finish its work"
+    )
 
 
 def requests_of(engine) -> list[RestoreRequest]:
@@ -315,7 +321,7 @@ def test_provider_down_is_reported_plainly_and_everything_resumes_when_it_is_bac
     parent = posted(stack, "drill-outage")
     stack.slack.wait_for(
         lambda: "being created" in (stack.slack.message(parent.channel, parent.ts).text or ""),
-        10,
+        HANG_GUARD_S,
         what="the create to be under way",
     )
     stack.sim.stop()  # connection refused from now on
@@ -399,7 +405,7 @@ def drill_update(stack: LocalStack, status: int, tag: str) -> None:
     _approved_once(stack, req, message, calls)
     stack.slack.wait_for(
         lambda: "Approved by" in str(stack.slack.message(message.channel, message.ts).blocks),
-        15,
+        HANG_GUARD_S,
         what="the request message to show the approval",
     )
     with session_scope(stack.runtime.engine, readonly=True) as s:
@@ -446,7 +452,7 @@ def drill_views_open(stack: LocalStack, status: int, tag: str) -> None:
             len(stack.slack.views()) > views_before
             or any("did not open the form" in (e.text or "") for e in stack.slack.ephemerals(user))
         ),
-        15,
+        HANG_GUARD_S,
         what="the form, or a word on why not",
     )
     wait_settled(stack)
@@ -539,7 +545,7 @@ def test_postgres_connections_killed_mid_run_cost_at_most_an_error_then_all_work
         parent = posted(stack, "drill-pg")
         stack.slack.wait_for(  # created and watched: the watcher must carry it through
             lambda: "being created" in (stack.slack.message(parent.channel, parent.ts).text or ""),
-            10,
+            HANG_GUARD_S,
             what="the create to be under way",
         )
         assert kill() > 0

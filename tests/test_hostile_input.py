@@ -45,11 +45,11 @@ from bot.listeners import inbound
 from storage import repositories as repo
 from storage.db import session_scope
 from tests.conftest import wait_until
+from tests.procs import HANG_GUARD_S
 
 SEED = 20250116
 COMMANDS = 10_000
 SENDERS = 4
-ACK_DEADLINE_S = 3.0  # Slack's: the client gives up after it
 EXISTING_SNAPSHOTS = frozenset({801, 798})
 USERS = ("U1", "U2", "UHOSTILE", "W0123ABC")
 
@@ -243,7 +243,10 @@ class Sender:
 def send_all(url: str, requests: list[tuple[bytes, dict]], senders: int) -> list[tuple]:
     """In the sender process: post everything, ``senders`` at a time, over one client."""
     client = httpx.Client(
-        timeout=httpx.Timeout(ACK_DEADLINE_S), limits=httpx.Limits(max_connections=senders)
+        # Slack gives up after 3 s, but how fast the acks come on a
+        # loaded machine is bench/ack_latency.py's question; here only the answers count.
+        timeout=httpx.Timeout(HANG_GUARD_S),
+        limits=httpx.Limits(max_connections=senders),
     )
 
     def post(request: tuple[bytes, dict]) -> tuple:
@@ -550,7 +553,7 @@ def test_malformed_payloads_get_a_plain_answer_and_change_nothing(stack):
     try:
         named = sender.post_all([(body, headers) for body, headers, _ in cases.values()])
         fuzzed = sender.post_all([(body, _signed(body)) for body in mutated])
-        get = httpx.get(stack.url, timeout=ACK_DEADLINE_S)
+        get = httpx.get(stack.url, timeout=HANG_GUARD_S)
     finally:
         sender.close()
     wrong = {
@@ -562,7 +565,7 @@ def test_malformed_payloads_get_a_plain_answer_and_change_nothing(stack):
     statuses = Counter(r[0] for r in fuzzed)
     assert all(_well_formed(*r[:3]) for r in fuzzed), statuses
     assert get.status_code == 405
-    stack.slack.wait_for(lambda: _settled(stack), 30, what="every job to finish")
+    stack.slack.wait_for(lambda: _settled(stack), HANG_GUARD_S, what="every job to finish")
     assert _provider_writes(stack) == writes_before
     assert _scalar(stack, "SELECT count(*) FROM job WHERE error != ''") == 0
     # Every signed refusal is on record, as a denied 'request.malformed' row.

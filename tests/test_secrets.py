@@ -31,7 +31,7 @@ from bot.web import WebApp
 from storage.db import make_engine
 from tests.conftest import wait_until
 from tests.e2e_helpers import request_message, restore_calls, wait_for_ephemeral
-from tests.procs import start_web
+from tests.procs import HANG_GUARD_S, start_web
 
 BOT_TOKEN = "xoxb-4242-SECRETBOT-q9w8e7r6t5"
 SIGNING_SECRET = "sign-SECRET-7f3a9c1e5b2d4f6a"
@@ -105,7 +105,7 @@ def daily_checkpoint_posted(fake: FakeSlack) -> None:
     # The duties post it on their first cycle; faults injected later must not meet it.
     fake.wait_for(
         lambda: any("daily" in (m.text or "") for m in fake.messages(INCIDENT)),
-        15,
+        HANG_GUARD_S,
         what="the daily checkpoint",
     )
 
@@ -266,7 +266,7 @@ def test_a_gunicorn_process_at_debug_logs_structured_lines_and_no_secret(tmp_pat
             def told(user: str, needle: str):
                 return fake.wait_for(
                     lambda: any(needle in (e.text or "") for e in fake.ephemerals(user=user)),
-                    15,
+                    HANG_GUARD_S,
                     what=f"{user} told {needle!r}",
                 )
 
@@ -285,19 +285,21 @@ def test_a_gunicorn_process_at_debug_logs_structured_lines_and_no_secret(tmp_pat
                 lambda: next(
                     (m for m in fake.messages("C1") if "Restore request #" in (m.text or "")), None
                 ),
-                15,
+                HANG_GUARD_S,
                 what="the request message",
             )
             slack.press(message, ids.APPROVE, user_id="U5", response_url=fake.response_url("b"))
             fake.wait_for(
-                lambda: sim.state.calls["POST snapshots/{id}/restore/"] == 1, 15, what="the restore"
+                lambda: sim.state.calls["POST snapshots/{id}/restore/"] == 1,
+                HANG_GUARD_S,
+                what="the restore",
             )
         with SlackClientSim(events, "not-the-signing-secret") as forged:
             assert forged.post(slash_command_body("list", user_id="U6")).status_code == 401
         httpx.get(web.url + "/healthz", timeout=5)
         fake.wait_for(
             lambda: any("after restore" in (m.text or "") for m in fake.messages(INCIDENT)),
-            15,
+            HANG_GUARD_S,
             what="the checkpoint after the restore",
         )
         wait_until(lambda: "event=provider.restore" in web.log(), 15, what="the restore logged")

@@ -227,7 +227,19 @@ def test_concurrent_creates_from_16_threads_never_exceed_the_limit(sim: SimHandl
 # ---- time: snapshots complete, restores end ------------------------------------------------
 
 
-def test_snapshot_completes_after_create_seconds(sim: SimHandle, api: httpx.Client) -> None:
+def test_snapshot_completes_after_create_seconds() -> None:
+    # A clock that stands still: 4.9 s is 4.9 s however slowly the requests go.
+    frozen = time.time()
+    with (
+        start_simulator(port=0, token=TOKEN, create_seconds=5.0, clock=lambda: frozen) as sim,
+        httpx.Client(
+            base_url=sim.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
+        ) as api,
+    ):
+        _completes_after_create_seconds(sim, api)
+
+
+def _completes_after_create_seconds(sim: SimHandle, api: httpx.Client) -> None:
     snap_id = create(api).json()["id"]
 
     def current() -> dict:

@@ -29,7 +29,7 @@ from storage.db import session_scope
 from storage.tables import AuditEvent, Job, SlackDelivery, Watch
 from tests.conftest import wait_until
 from tests.e2e_helpers import channel_messages, provider_writes, texts, wait_for_ephemeral
-from tests.procs import free_port
+from tests.procs import HANG_GUARD_S, free_port
 
 ANSWER_WITHIN_S = 30  # SPEC section 8: the user hears back within 30 s
 WEB = 12345  # web-server-01, with snapshots 801 (newest) and 798 (oldest)
@@ -184,7 +184,7 @@ def test_a_replayed_button_press_modal_submission_or_help_is_done_once(stack):
             assert stack.client.post(body, retry_num=retry).status_code == 200
     wait_until(lambda: count(stack, Watch) == 1, what="the modal's snapshot watched")
     wait_until(lambda: stack.sim.state.calls["DELETE snapshots/{id}/"] == 1, what="the delete done")
-    stack.wait_settled()
+    stack.wait_settled(HANG_GUARD_S)
     assert stack.sim.state.calls["DELETE snapshots/{id}/"] == 1
     assert stack.sim.state.calls["POST snapshots/"] == 1
     with session_scope(stack.runtime.engine, readonly=True) as s:
@@ -247,7 +247,7 @@ def test_create_by_arguments_posts_a_channel_message_whose_ts_the_watch_keeps(st
     ack = ack_json(stack.user("U1").command('create web-server-01 before-fix "testing the fix"'))
     assert "Creating" in ack["text"]
     post = stack.slack.wait_for_call(
-        "chat.postMessage", lambda c: c.params["channel"] == "C1", timeout=10
+        "chat.postMessage", lambda c: c.params["channel"] == "C1", timeout=HANG_GUARD_S
     )
     assert post.params["channel"] == "C1" and "before-fix" in post.params["text"]
     watch = wait_until(
@@ -289,10 +289,10 @@ def test_create_without_arguments_opens_a_modal_fills_the_picker_and_creates_on_
         response_url=fake.response_url("modal", channel="C1", user="U1"),
     )
     assert stack.client.post(body).status_code == 200
-    opened = fake.wait_for_call("views.open", timeout=10)
+    opened = fake.wait_for_call("views.open", timeout=HANG_GUARD_S)
     assert opened.ok and opened.params["trigger_id"] == trigger
     assert opened.params["view"]["callback_id"] == ids.CREATE_MODAL
-    updated = fake.wait_for_call("views.update", timeout=10)
+    updated = fake.wait_for_call("views.update", timeout=HANG_GUARD_S)
     (view,) = fake.views()
     assert updated.ok and updated.params["view_id"] == view.id
     server_block = next(b for b in view.view["blocks"] if b.get("block_id") == "server")
@@ -561,16 +561,15 @@ def test_help_and_malformed_commands_answer_the_usage_ephemerally(stack, text):
 # -- the ack never waits for the provider ------------------------------------------------------
 
 
-def test_a_command_is_acknowledged_at_once_while_the_provider_takes_ten_seconds(stack):
-    stack.sim.state.latency = 10.0
-    begun = time.perf_counter()
-    response = stack.user("U1").command("list")
-    took = time.perf_counter() - begun
-    assert response.status_code == 200
-    assert took < 3.0, f"the ack took {took:.2f} s; Slack gives up after 3 s"
-    assert count(stack, Job) == 1
-    stack.sim.stop()  # the job's provider call fails now instead of in 10 s
-    ephemeral(stack, "U1", "unreachable", timeout=ANSWER_WITHIN_S)
+def test_a_command_is_acknowledged_while_the_provider_has_not_answered(stack):
+    # The provider holds the list until released: the ack cannot have waited for it.
+    with stack.sim.state.hold("GET", "snapshots/") as held:
+        response = stack.user("U1").command("list")
+        assert response.status_code == 200
+        assert count(stack, Job) == 1
+        held.wait_arrived(1)  # the job's call is in flight, unanswered
+        assert texts(stack, "U1") == []
+    ephemeral(stack, "U1", "snapshot(s)", timeout=ANSWER_WITHIN_S)
 
 
 def test_forty_concurrent_commands_are_all_acknowledged_against_a_ten_second_provider(stack):
@@ -585,7 +584,7 @@ def test_forty_concurrent_commands_are_all_acknowledged_against_a_ten_second_pro
             user_id=f"U{i:03d}",
             response_url=stack.slack.response_url(f"c{i}", channel="C1", user=f"U{i:03d}"),
         )
-        with httpx.Client(timeout=10) as client:
+        with httpx.Client(timeout=HANG_GUARD_S) as client:
             start.wait()
             r = client.post(
                 stack.url, content=body, headers=sign(stack.client.signing_secret, body)
@@ -597,7 +596,7 @@ def test_forty_concurrent_commands_are_all_acknowledged_against_a_ten_second_pro
     for t in threads:
         t.start()
     for t in threads:
-        t.join(15)
+        t.join(HANG_GUARD_S)
     assert statuses == [200] * 40
     assert count(stack, Job) == 40
     stack.sim.stop()

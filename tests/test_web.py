@@ -30,7 +30,7 @@ from bot.vps.simulator import start_simulator
 from bot.web import MAX_BODY_BYTES, WebApp
 from storage.db import make_engine, session_scope
 from tests.conftest import wait_until
-from tests.procs import free_port, snapbot_env, start_web
+from tests.procs import HANG_GUARD_S, free_port, snapbot_env, start_web
 
 SECRET = "web-test-signing-secret"
 VPS_TOKEN = "web-test-vps-token"
@@ -131,7 +131,7 @@ def test_gunicorn_serves_health_verifies_requests_and_answers_a_command(gunicorn
         slack.close()
     answer = fake.wait_for(
         lambda: [e for e in fake.ephemerals(user="UGUNI") if "snapshot(s)" in (e.text or "")],
-        timeout=15,
+        timeout=HANG_GUARD_S,
         what="the list in answer to the command",
     )
     assert "2 snapshot(s) for web-server-01" in answer[0].text
@@ -340,7 +340,7 @@ def test_the_web_process_runs_jobs_in_a_job_worker_it_restarts_and_stops(tmp_pat
         assert slack.post(body).status_code == 200
         fake.wait_for(
             lambda: [e for e in fake.ephemerals(user=user) if "snapshot(s)" in (e.text or "")],
-            timeout=20,
+            timeout=HANG_GUARD_S,
             what=f"the answer to {user}",
         )
 
@@ -362,7 +362,7 @@ def test_the_web_process_runs_jobs_in_a_job_worker_it_restarts_and_stops(tmp_pat
             response_url=fake.response_url("modal", channel="C1", user="USPLIT1"),
         )
         assert slack.post(body).status_code == 200
-        opened = fake.wait_for_call("views.open", timeout=10)
+        opened = fake.wait_for_call("views.open", timeout=HANG_GUARD_S)
         assert opened.ok and opened.params["trigger_id"] == trigger
         with engine.connect() as conn:
             owner = conn.execute(text("SELECT owner FROM job ORDER BY id DESC")).scalars().first()

@@ -31,7 +31,6 @@ pytestmark = pytest.mark.postgres
 
 POLL = 0.2
 RESTORE = "POST snapshots/{id}/restore/"
-LIST = "GET snapshots/"
 ROUNDS = 50
 APPROVERS_PER_ROUND = 4
 
@@ -313,12 +312,17 @@ def test_pending_request_survives_kill_9_and_a_new_process_restores_once(sims, d
     assert any("Restore started" in t for t in d.thread(message))
 
 
-def _approve_and_kill_during_the_restore_call(d: Deployment, proc: Proc, message) -> None:
-    """Press Approve and kill -9 ``proc`` while its restore call is on the wire."""
-    assert d.client(proc).post(d.approve_body(message, "UBOB")).status_code == 200
-    wait_until(lambda: d.sim.state.calls[RESTORE] == 1, 10, what="the restore call sent")
-    proc.kill9()
-    d.sim.state.latency = 0.0
+def _approve_and_kill_during_the_restore_call(
+    d: Deployment, proc: Proc, message, *, provider_answers: int | None = None
+) -> None:
+    """Press Approve and kill -9 ``proc`` while the provider holds its restore call; the
+    provider then carries the call out (or, with ``provider_answers``, refuses it with
+    that status) after the caller died."""
+    with d.sim.state.hold("POST", "snapshots/{id}/restore/") as held:
+        assert d.client(proc).post(d.approve_body(message, "UBOB")).status_code == 200
+        held.wait_arrived(1)
+        proc.kill9()
+        held.release(status=provider_answers)
 
 
 def test_restore_interrupted_after_reaching_the_provider_is_confirmed_not_resent(sims, deployment):
@@ -327,7 +331,6 @@ def test_restore_interrupted_after_reaching_the_provider_is_confirmed_not_resent
     (first,) = d.start("first")
     rid, message = d.open_request(first, 801, user="UALICE")
     wait_until(d.idle, 10, what="the request fully posted")
-    sim.state.latency = 1.0  # the provider is slow: the process dies waiting for it
     _approve_and_kill_during_the_restore_call(d, first, message)
     assert d.request(rid).state == "executing"
     # The call had reached the provider, which carries it out after the caller died.
@@ -361,15 +364,9 @@ def test_restore_interrupted_before_the_provider_acted_is_reported_not_retried(s
     (first,) = d.start("first")
     rid, message = d.open_request(first, 801, user="UALICE")
     wait_until(d.idle, 10, what="the request fully posted")
-    lists = sim.state.calls[LIST]
-    sim.state.latency = 1.0
-    assert d.client(first).post(d.approve_body(message, "UBOB")).status_code == 200
-    # The snapshot is re-read first; then the restore call, which will not take effect.
-    wait_until(lambda: sim.state.calls[LIST] > lists, 10, what="the snapshot re-read")
-    sim.state.fail_next(1, 503)
-    wait_until(lambda: sim.state.calls[RESTORE] == 1, 10, what="the restore call sent")
-    first.kill9()
-    sim.state.latency = 0.0
+    # The restore call is sent; the provider refuses it (503) after the caller died.
+    _approve_and_kill_during_the_restore_call(d, first, message, provider_answers=503)
+    assert sim.state.calls[RESTORE] == 1
     assert d.request(rid).state == "executing"
     d.age_request(rid, executing_at=datetime.now(UTC) - timedelta(minutes=10))
     d.lapse_lease()
@@ -399,12 +396,11 @@ def test_approved_request_whose_process_died_before_the_call_executes_once(sims,
     (first,) = d.start("first")
     rid, message = d.open_request(first, 801, user="UALICE")
     wait_until(d.idle, 10, what="the request fully posted")
-    lists = sim.state.calls[LIST]
-    sim.state.latency = 1.0
-    assert d.client(first).post(d.approve_body(message, "UBOB")).status_code == 200
-    wait_until(lambda: sim.state.calls[LIST] > lists, 10, what="the snapshot re-read")
-    first.kill9()  # approved, the provider not yet called
-    sim.state.latency = 0.0
+    # The approval re-reads the snapshot first; the process dies while that read waits.
+    with sim.state.hold("GET", "snapshots/", query="server_id=12345") as reread:
+        assert d.client(first).post(d.approve_body(message, "UBOB")).status_code == 200
+        reread.wait_arrived(1)
+        first.kill9()  # approved, the provider not yet called
     assert d.request(rid).state == "approved"
     assert sim.state.calls[RESTORE] == 0
     d.age_request(rid, decided_at=datetime.now(UTC) - timedelta(minutes=1))

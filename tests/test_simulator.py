@@ -425,6 +425,22 @@ def test_a_held_request_waits_until_released_and_then_answers(
     assert api.get("servers/12345/").json()["status"] == "restoring"
 
 
+def test_a_hold_released_with_a_status_answers_it_and_changes_nothing(
+    sim: SimHandle, api: httpx.Client
+) -> None:
+    answers: list[httpx.Response] = []
+    with sim.state.hold("POST", "snapshots/{id}/restore/") as held:
+        caller = threading.Thread(target=lambda: answers.append(api.post("snapshots/801/restore/")))
+        caller.start()
+        held.wait_arrived(1)
+        held.release(status=503)
+        caller.join(30)
+    assert [(a.status_code, a.json()) for a in answers] == [
+        (503, {"detail": "Service temporarily unavailable."})
+    ]
+    assert api.get("servers/12345/").json()["status"] == "running"
+
+
 def test_a_hold_with_a_query_holds_only_that_query(sim: SimHandle, api: httpx.Client) -> None:
     answers: list[httpx.Response] = []
     with sim.state.hold("GET", "snapshots/", query="server_id=12346") as held:

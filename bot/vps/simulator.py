@@ -159,7 +159,8 @@ class Hold:
     """API requests kept waiting by `SimState.hold` until `release()`.
 
     A held request has been counted (``calls``) and waits before its latency, faults
-    and answer; released, it goes on as if it had just arrived. The client's own
+    and answer; released, it goes on as if it had just arrived, or (``release(status=
+    503)``) answers that failure without taking effect. The client's own
     timeout still runs while it waits, so release it within that. Usable as a context
     manager, which releases on the way out (a failing test leaves nothing hanging).
     """
@@ -170,6 +171,7 @@ class Hold:
         self.query = query
         self._cond = threading.Condition()
         self._released = False
+        self._status: int | None = None
         self.arrived = 0  # requests that reached the hold (released or not)
 
     def __repr__(self) -> str:
@@ -181,12 +183,14 @@ class Hold:
             self.query is None or query == self.query
         )
 
-    def wait(self) -> None:
-        """Called by the request's thread: wait here until released."""
+    def wait(self) -> int | None:
+        """Called by the request's thread: wait here until released; the failure status
+        it must answer instead, if any."""
         with self._cond:
             self.arrived += 1
             self._cond.notify_all()
             self._cond.wait_for(lambda: self._released)
+            return self._status
 
     def wait_arrived(self, n: int = 1, timeout: float = 60.0) -> int:
         """Block until ``n`` requests reached the hold; AssertionError after ``timeout``."""
@@ -195,9 +199,12 @@ class Hold:
                 raise AssertionError(f"{self}: {n} request(s) did not arrive in {timeout} s")
             return self.arrived
 
-    def release(self) -> None:
-        """Let every held request (and every later one) through."""
+    def release(self, *, status: int | None = None) -> None:
+        """Let every held request (and every later one) through; with ``status``, they
+        answer it (a 5xx, say) and change nothing, as a provider that refused them."""
         with self._cond:
+            if not self._released:
+                self._status = status
             self._released = True
             self._cond.notify_all()
 
@@ -337,13 +344,16 @@ class SimState:
         for held in holds:
             held.release()
 
-    def wait_if_held(self, method: str, template: str, query: str) -> None:
-        """Called for each API request after `begin`: wait out every hold it matches."""
+    def wait_if_held(self, method: str, template: str, query: str) -> int | None:
+        """Called for each API request after `begin`: wait out every hold it matches;
+        the failure status a release gave it, if any."""
         with self._lock:
             holds = [h for h in self._holds if not h.released]
+        status = None
         for held in holds:
             if held.matches(method, template, query):
-                held.wait()
+                status = held.wait() or status
+        return status
 
     def fail_snapshot(self, snapshot_id: int) -> None:
         """The snapshot ends now in status `failed`, without a size."""
@@ -774,7 +784,9 @@ class _Handler(BaseHTTPRequestHandler):
         template, ident = route(path)
         relative = path if template == "<unknown>" else path[len(API_PREFIX) :].strip("/") + "/"
         latency, fail_status, after_apply = state.begin(method, template, relative)
-        state.wait_if_held(method, template, query)
+        refused = state.wait_if_held(method, template, query)
+        if refused is not None:
+            return refused, {"detail": _failure_detail(refused)}
         if latency:
             time.sleep(latency)
         if state.faults.redirect_to:

@@ -138,9 +138,10 @@ def test_gunicorn_serves_health_verifies_requests_and_answers_a_command(gunicorn
     assert fake.invalid_payloads == []
 
 
-def test_gunicorn_acks_forty_concurrent_commands_while_the_provider_takes_ten_seconds(gunicorn):
+def test_gunicorn_acks_forty_concurrent_commands_while_the_provider_holds_every_call(gunicorn):
     proc, sim, fake = gunicorn
-    sim.state.latency = 10.0
+    # No ack can wait for the provider: it answers nothing until every ack is in.
+    held = sim.state.hold("GET", "snapshots/")
     statuses: list[int] = []
     barrier = threading.Barrier(40)
 
@@ -150,7 +151,7 @@ def test_gunicorn_acks_forty_concurrent_commands_while_the_provider_takes_ten_se
             user_id=f"UBURST{i}",
             response_url=fake.response_url(f"burst{i}", channel="C1", user=f"UBURST{i}"),
         )
-        with httpx.Client(timeout=10) as client:
+        with httpx.Client(timeout=HANG_GUARD_S) as client:
             barrier.wait()
             response = client.post(
                 proc.url + "/slack/events", content=body, headers=sign(SECRET, body)
@@ -161,8 +162,9 @@ def test_gunicorn_acks_forty_concurrent_commands_while_the_provider_takes_ten_se
     for t in threads:
         t.start()
     for t in threads:
-        t.join(15)
-    sim.state.latency = 0.0
+        t.join(HANG_GUARD_S)
+    assert not held.released
+    held.release()
     assert sorted(statuses) == [200] * 40
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from bot.vps.coalesce import KEEP_S, Coalescer
 from tests.conftest import wait_until
+from tests.procs import HANG_GUARD_S
 
 
 class Gate:
@@ -25,7 +26,7 @@ class Gate:
         with self.lock:
             self.started += 1
             number = self.started
-        assert self.release.wait(10)
+        assert self.release.wait(HANG_GUARD_S)
         return number
 
 
@@ -43,9 +44,9 @@ def test_callers_during_a_call_share_the_next_one_and_get_a_fresher_answer():
         later = [pool.submit(co.run, "k", gate) for _ in range(20)]
         wait_until(lambda: gathered(co, "k", 20), what="the callers to gather")
         gate.release.set()
-        assert first.result(10) == 1
+        assert first.result(HANG_GUARD_S) == 1
         # Everyone who arrived while call 1 ran gets call 2, begun after they asked.
-        assert [f.result(10) for f in later] == [2] * 20
+        assert [f.result(HANG_GUARD_S) for f in later] == [2] * 20
     assert co.calls == 2 == gate.started
 
 
@@ -63,7 +64,7 @@ def test_the_next_call_begins_while_one_is_in_flight_once_that_is_spacing_old():
         wait_until(lambda: gate.started == 2, what="call 2 to begin while call 1 is held")
         assert not first.done()
         gate.release.set()
-        assert (first.result(10), second.result(10)) == (1, 2)
+        assert (first.result(HANG_GUARD_S), second.result(HANG_GUARD_S)) == (1, 2)
 
 
 def test_no_more_than_max_in_flight_calls_run_and_the_next_begins_when_one_ends():
@@ -81,8 +82,8 @@ def test_no_more_than_max_in_flight_calls_run_and_the_next_begins_when_one_ends(
         wait_until(lambda: gathered(co, "k", 1), what="a third caller")
         assert gate.started == 2  # two in flight: the third waits
         gate.release.set()
-        assert sorted(f.result(10) for f in held) == [1, 2]
-        assert third.result(10) == 3
+        assert sorted(f.result(HANG_GUARD_S) for f in held) == [1, 2]
+        assert third.result(HANG_GUARD_S) == 3
     assert co.calls == 3
 
 
@@ -118,12 +119,12 @@ def test_a_failed_call_fails_every_caller_that_shared_it_and_is_not_kept():
 
     def failing():
         started.set()
-        assert release.wait(10)
+        assert release.wait(HANG_GUARD_S)
         raise RuntimeError("provider down")
 
     with ThreadPoolExecutor(6) as pool:
         leader = pool.submit(co.run, "k", failing)
-        assert started.wait(10)
+        assert started.wait(HANG_GUARD_S)
         # These gather behind the failing call, for the one after it, which fails too.
         started.clear()
         followers = [pool.submit(co.run, "k", failing) for _ in range(5)]
@@ -131,7 +132,7 @@ def test_a_failed_call_fails_every_caller_that_shared_it_and_is_not_kept():
         release.set()
         for future in [leader, *followers]:
             with pytest.raises(RuntimeError, match="provider down"):
-                future.result(10)
+                future.result(HANG_GUARD_S)
     assert co.calls == 2
     # Nothing failed is served later: the next caller calls again.
     assert co.run("k", lambda: "back", not_before=0.0) == "back"

@@ -11,6 +11,7 @@ from sqlalchemy import event, text
 
 from bot.jobs import JobRunner
 from tests.conftest import wait_until
+from tests.procs import HANG_GUARD_S
 
 
 def clock() -> datetime:
@@ -25,7 +26,7 @@ class Handler:
             self.gate.set()
 
     def __call__(self, ctx) -> None:
-        assert self.gate.wait(10)
+        assert self.gate.wait(HANG_GUARD_S)
         self.ran.append(ctx.payload["n"])
 
 
@@ -111,7 +112,7 @@ def test_requests_arriving_while_one_waits_to_write_are_committed_together(sqlit
                 what="twenty requests to gather",
             )
         for t in threads:
-            t.join(10)
+            t.join(HANG_GUARD_S)
         assert len(commits) == 2  # the turn's holder's, then one for the twenty
         stored = [results[n] for n in range(20)]
         assert (stored[0] is None) != (stored[19] is None)  # d0 stored once
@@ -140,7 +141,7 @@ def test_when_a_group_cannot_be_stored_every_request_in_it_fails(engine):
         for t in threads:
             t.start()
         for t in threads:
-            t.join(10)
+            t.join(HANG_GUARD_S)
         assert not any(t.is_alive() for t in threads)
         assert len(errors) == 8
         assert web._group is None  # the next request starts afresh

@@ -22,7 +22,7 @@ def shell(
         capture_output=True,
         text=True,
         encoding="utf-8",
-        timeout=60,
+        timeout=180,  # a hang guard: each /wait returns as soon as its answer is in
     )
 
 
@@ -49,7 +49,7 @@ def test_restore_requested_refused_to_the_requester_then_approved_by_bob_in_the_
         "/as bob",
         "/press 5",
         "y",
-        "/wait 15",
+        "/wait 60",
         "/snapshot audit 30",
         "/quit",
     )
@@ -84,7 +84,7 @@ def test_restore_requested_refused_to_the_requester_then_approved_by_bob_in_the_
     )
     assert "[#incidents] snapbot: 🔄 Restore #1 started" in approved
 
-    finished = after(out, "bob@#ops> /wait 15")
+    finished = after(out, "bob@#ops> /wait 60")
     assert "@alice web-server-01 has left `restoring`" in flat(finished)
 
     audit = after(out, "bob@#ops> /snapshot audit 30")
@@ -156,7 +156,7 @@ def test_restore_approvals_from_the_environment_needs_two_approvers_in_the_shell
         "/as carol",
         "/press 1",
         "y",
-        "/wait 15",
+        "/wait 60",
         "/snapshot audit 30",
         "/quit",
         env={"RESTORE_APPROVALS": "2"},
@@ -187,7 +187,7 @@ def test_approval_ttl_minutes_from_dot_env_lets_a_request_expire_in_the_shell(tm
     run = shell(
         tmp_path,
         "/snapshot restore 801 bad deploy",
-        "/wait 10",
+        "/wait 60",
         "/as bob",
         "/press 1",
         "/snapshot audit 10",
@@ -195,7 +195,7 @@ def test_approval_ttl_minutes_from_dot_env_lets_a_request_expire_in_the_shell(tm
     )
     out = run.stdout
     assert run.returncode == 0, f"stdout:\n{out}\nstderr:\n{run.stderr}"
-    assert "Expired: nobody decided" in flat(after(out, "alice@#ops> /wait 10"))
+    assert "Expired: nobody decided" in flat(after(out, "alice@#ops> /wait 60"))
     # The expired request has no buttons left to press.
     assert "is no longer on that message" in after(out, "bob@#ops> /press 1")
     audit = after(out, "bob@#ops> /snapshot audit 10")

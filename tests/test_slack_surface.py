@@ -602,6 +602,6 @@ def test_forty_concurrent_commands_are_all_acknowledged_while_the_provider_holds
         t.join(HANG_GUARD_S)
     assert statuses == [200] * 40
     assert count(stack, Job) == 40
-    assert held.arrived >= 1 and not held.released  # the lists' call is still unanswered
+    held.wait_arrived(1)  # the lists' call reached the provider, which has not answered
     held.release()
     wait_until(lambda: len(texts(stack)) >= 40, what="every list answered")

@@ -315,6 +315,12 @@ def test_restore_request_self_approval_and_approval_write_their_rows(stack):
     assert late.outcome == "denied"
 
 
+def _message_ts(stack, request_id: int) -> str | None:
+    with session_scope(stack.runtime.engine, readonly=True) as s:
+        req = repo.get_restore_request(s, request_id=request_id)
+        return req.message_ts if req else None
+
+
 def test_rejecting_and_cancelling_write_their_rows(stack):
     carol, dave = stack.user("UCAROL", "CREJ"), stack.user("UDAVE", "CREJ")
     for who, action in ((dave, "restore.reject"), (carol, "restore.cancel")):
@@ -333,6 +339,12 @@ def test_rejecting_and_cancelling_write_their_rows(stack):
                 None,
             ),
             what=f"request #{request_id} in CREJ",
+        )
+        # A press is bound to the message the bot recorded (it stores the ts just after
+        # the fake shows the message).
+        wait_until(
+            lambda rid=int(request_id), ts=message.ts: _message_ts(stack, rid) == ts,
+            what="the request's message recorded",
         )
         who.press(message, ids.REJECT)
         row = wait_row(stack, requested.id, action, actor=who.user_id)

@@ -382,7 +382,17 @@ def _open_request(stack: LocalStack, user: str):
         interval=0.05,
         what="a new request",
     )
-    return req, posted(stack, f"Restore request #{req.id}")
+    message = posted(stack, f"Restore request #{req.id}")
+    # A press is bound to the message the bot recorded for the request; the fake shows
+    # the message a moment before the bot has stored its ts.
+    wait_until(
+        lambda: (
+            next(r for r in requests_of(stack.runtime.engine) if r.id == req.id).message_ts
+            == message.ts
+        ),
+        what="the request's message recorded",
+    )
+    return req, message
 
 
 def _approved_once(stack: LocalStack, req, message, calls_before: int) -> None:

@@ -246,11 +246,12 @@ def test_markup_through_every_text_path_reaches_slack_escaped_exactly_once(stack
 
     # Provider-written names, descriptions and statuses; a user's create description.
     command(alice, "list")
-    command(alice, f"create 12346 markup-desc {MARKUP}")
-    command(alice, f"restore {odd_status} {MARKUP}")  # refused: the status is shown
-    # A provider 400 with markup in its reason.
+    # A provider 400 with markup in its reason. Before the create: while a snapshot is
+    # watched, the watcher's poll could be the request that takes the fault.
     state.fail_next(1, 400, detail=MARKUP)
     command(alice, "list 12345")
+    command(alice, f"create 12346 markup-desc {MARKUP}")
+    command(alice, f"restore {odd_status} {MARKUP}")  # refused: the status is shown
     # The user's reason, provider names, the restore answer's message, in the channel,
     # the thread and the incident channel.
     command(alice, f"restore {hostile} {MARKUP}")

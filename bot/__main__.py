@@ -158,6 +158,9 @@ def serve() -> int:
     return run_gunicorn(settings)
 
 
+SOCKET_PING_INTERVAL_S = 3.0
+
+
 def socket_mode_handler(settings, *, start_duties: bool = True, install=None):
     """(runtime, handler) for Socket Mode: the same app as over HTTP, but with request
     verification off (Slack's WebSocket carries no signature) and a slack_bolt
@@ -168,7 +171,13 @@ def socket_mode_handler(settings, *, start_duties: bool = True, install=None):
     from bot.runtime import build_runtime
 
     runtime = build_runtime(settings, start_duties=start_duties, install=install)
-    return runtime, SocketModeHandler(runtime.app, settings.slack_app_token)
+    # slack_sdk notices a connection that died silently only after several unanswered
+    # pings: at Bolt's default 10 s interval that is close to a minute of deafness
+    # during an incident; 3 s pings cut it to seconds for a few bytes each.
+    handler = SocketModeHandler(
+        runtime.app, settings.slack_app_token, ping_interval=SOCKET_PING_INTERVAL_S
+    )
+    return runtime, handler
 
 
 def audit(args) -> int:

@@ -243,8 +243,9 @@ def press_together(d: Deployment, targets: list[tuple[Proc, bytes]]) -> list[int
 # --- exactly once across two processes ---------------------------------------------------------
 
 
-def test_two_processes_approving_the_same_request_at_once_restore_exactly_once_50_times(
-    sims, deployment
+@pytest.mark.parametrize("rounds", [5, pytest.param(ROUNDS, marks=pytest.mark.slow)])
+def test_two_processes_approving_the_same_request_at_once_restore_exactly_once(
+    sims, deployment, rounds
 ):
     sim = sims(restore_seconds=0.05)
     d = deployment(sim)
@@ -252,7 +253,7 @@ def test_two_processes_approving_the_same_request_at_once_restore_exactly_once_5
     snaps = completed_snapshots(sim)
     decided: list[tuple[int, str]] = []
 
-    for n in range(ROUNDS):
+    for n in range(rounds):
         snapshot = snaps[n % len(snaps)]
         before = len(d.restore_writes(snapshot))
         rid, message = d.open_request((a, b)[n % 2], snapshot)
@@ -278,8 +279,8 @@ def test_two_processes_approving_the_same_request_at_once_restore_exactly_once_5
         assert [e.actor for e in approvals if e.outcome == "ok"] == [req.decided_by]
         decided.append((rid, req.decided_by))
 
-    assert sim.state.calls[RESTORE] == ROUNDS
-    assert len({rid for rid, _ in decided}) == ROUNDS
+    assert sim.state.calls[RESTORE] == rounds
+    assert len({rid for rid, _ in decided}) == rounds
     # Both processes won some rounds' races: the test really crossed processes.
     executors = set()
     with session_scope(d.engine, readonly=True) as s:

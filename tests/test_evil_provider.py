@@ -238,6 +238,7 @@ def test_a_list_with_one_id_on_two_servers_is_answered_as_an_error_with_no_butto
     assert not any((m.text or "").startswith("Restore request") for m in stack.slack.messages())
 
 
+@pytest.mark.slow
 def test_a_dripping_provider_still_lets_the_user_hear_back(stack):
     stack.sim.state.drip_answers(0.5)
     assert stack.user("UALICE").command("list").status_code == 200

@@ -297,6 +297,7 @@ def _scalar(stack: LocalStack, sql: str) -> int:
 # --- 10,000 commands ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_ten_thousand_hostile_commands_are_all_answered_and_change_nothing(stack):
     texts = corpus(COMMANDS)
     # The app parses the text as typed (Slack's escaping undone) and refuses control

@@ -100,7 +100,13 @@ def test_job_is_claimed_by_one_worker_and_orphans_are_reclaimed(engine):
     lease = timedelta(seconds=30)
     with engine.begin() as conn:
         jid = repo.accept_job(
-            conn, delivery_key=None, kind="command", payload={"a": 1}, owner="p1", now=t0, lease=lease
+            conn,
+            delivery_key=None,
+            kind="command",
+            payload={"a": 1},
+            owner="p1",
+            now=t0,
+            lease=lease,
         )
     with session_scope(engine) as s:
         assert repo.claim_job(s, job_id=jid, owner="p2", now=t0, lease=lease) is None

@@ -34,4 +34,3 @@ class LimitReached(SnapbotError):
 
 class NotRestorable(SnapbotError):
     pass
-

@@ -52,6 +52,9 @@ GROUP_CACHE_SECONDS = 60.0
 # A deletion still marked as running after this long was cut short (its process died):
 # another confirmation may take it over.
 DELETE_STALE = timedelta(minutes=5)
+# Outbox states after which a message's ts is known (sent) or never will be; None: no
+# such message was ever queued.
+SETTLED_STATES = frozenset({"sent", "failed", None})
 MESSAGE_WAIT_S = 15.0  # above one Slack call's budget (10 s timeout) and a first retry
 
 
@@ -1132,6 +1135,24 @@ class Services:
         req = repo.get_restore_request(s, request_id=request_id, lock=lock)
         return req, (repo.approvers_of(s, request_id=request_id) if req else frozenset())
 
+    def _await_posted(self, actor: Actor, request_id: int) -> None:
+        """Slack shows a message a moment before its answer (with the ts) reaches the
+        bot, and a press may come in that moment: wait until the request's messages
+        that the press could be on are sent (or failed), so the binding check below
+        sees their ts. Returns at once once they are (the usual case)."""
+        keys = [request_key(request_id)]
+        if actor.channel and actor.channel == self.settings.incident_channel:
+            keys.append(incident_key(request_id, "opened"))
+        deadline = time.monotonic() + MESSAGE_WAIT_S
+        while True:
+            with session_scope(self.engine, readonly=True) as s:
+                waiting = [
+                    k for k in keys if repo.message_outcome(s, key=k)[0] not in SETTLED_STATES
+                ]
+            if not waiting or time.monotonic() >= deadline:
+                return
+            time.sleep(0.05)
+
     def _pressed_on_request(self, s, actor: Actor, req: RestoreRequest) -> bool:
         """SPEC 14.7: a request's buttons count only on a message snapbot posted for it:
         the request message (its ts is also in the outbox before the request row has
@@ -1167,6 +1188,7 @@ class Services:
 
     def approve(self, actor: Actor, request_id: int) -> None:
         target = f"request:{request_id}"
+        self._await_posted(actor, request_id)
         groups = self.groups.groups_of(actor.user, self.policy.approvers)
         now = self.clock()
         with session_scope(self.engine) as s:
@@ -1269,6 +1291,7 @@ class Services:
 
     def reject(self, actor: Actor, request_id: int) -> None:
         target = f"request:{request_id}"
+        self._await_posted(actor, request_id)
         groups = self.groups.groups_of(actor.user, self.policy.approvers)
         now = self.clock()
         with session_scope(self.engine) as s:

@@ -11,15 +11,18 @@ Every press here is a `block_actions` body signed as Slack signs it; only the
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlencode
 
 import pytest
+from sqlalchemy import select, update
 
 from bot.blocks import ids
 from bot.devtools.slack_signing import block_actions_body, button_press_body
 from bot.devtools.stack import INCIDENT_CHANNEL, LocalStack
 from storage import repositories as repo
 from storage.db import session_scope
+from storage.tables import Outbox, RestoreRequest
 from tests.conftest import wait_until
 
 APPROVER = "UAPPROVER1"
@@ -159,3 +162,37 @@ def test_a_real_press_on_the_request_message_still_approves(stack):
     assert stack.client.post(body).status_code == 200
     wait_until(lambda: state_of(stack, a.id) == "succeeded", 20, what="the restore")
     assert [o for act, o, _ in audit_of(stack, a.id) if act == "restore.approve"] == ["ok"]
+
+
+def test_a_press_that_comes_before_the_bot_has_stored_the_messages_ts_still_counts(stack):
+    """Slack shows the request message a moment before its answer (with the ts) is
+    back at the bot. A press in that moment waits for the ts instead of being refused
+    as 'not its message'. Staged: the request message's row is put back to 'being
+    sent by someone' (claimed, no ts), the press is acknowledged, then the send ends."""
+    (a, a_message), _ = two_requests(stack)
+    with session_scope(stack.runtime.engine) as s:
+        s.execute(
+            update(Outbox)
+            .where(Outbox.key == f"req:{a.id}:msg")
+            .values(
+                state="pending", result_ts=None, lease_until=datetime.now(UTC) + timedelta(hours=1)
+            )
+        )
+        s.execute(update(RestoreRequest).where(RestoreRequest.id == a.id).values(message_ts=None))
+    body = button_press_body(
+        a_message,
+        ids.APPROVE,
+        user_id=APPROVER,
+        response_url=stack.slack.response_url(
+            "button", channel="C1", user=APPROVER, message_ts=a_message.ts
+        ),
+    )
+    assert stack.client.post(body).status_code == 200
+    with session_scope(stack.runtime.engine) as s:
+        message_id = s.execute(
+            select(Outbox.id).where(Outbox.key == f"req:{a.id}:msg")
+        ).scalar_one()
+        repo.mark_message_sent(s, message_id=message_id, now=datetime.now(UTC), ts=a_message.ts)
+    wait_until(lambda: state_of(stack, a.id) == "succeeded", 30, what="the restore")
+    assert ("restore.approve", "denied", "not its message") not in audit_of(stack, a.id)
+    assert stack.sim.state.calls["POST snapshots/{id}/restore/"] == 1

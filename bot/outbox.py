@@ -292,7 +292,8 @@ class Outbox:
             return
         repo.put_setting(session, key=CHANNEL_HEALTH_KEY, value=health)
         if health == "ok":
-            log.warning("INCIDENT_CHANNEL %s is reachable again", self.watch_channel)
+            if before is not None:  # the first post ever is no news
+                log.warning("INCIDENT_CHANNEL %s is reachable again", self.watch_channel)
         else:
             log.error(
                 "INCIDENT_CHANNEL %s is %s: nobody there hears of requests, restores and "

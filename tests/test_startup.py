@@ -501,3 +501,13 @@ def test_an_unreachable_incident_channel_is_said_loudly_once_and_shown_by_health
     assert [r.levelno for r in loud] == [logging.ERROR, logging.WARNING]
     assert INCIDENT_CHANNEL in loud[0].getMessage() and "not_in_channel" in loud[0].getMessage()
     assert "reachable again" in loud[1].getMessage()
+
+
+def test_the_first_post_to_a_reachable_incident_channel_logs_nothing(sqlite_url, caplog):
+    from bot.devtools.stack import LocalStack
+
+    caplog.set_level(logging.INFO)
+    with LocalStack(database_url=sqlite_url, start_duties=False) as stack:
+        post_incident(stack, "first")
+        assert healthz_of(stack.runtime)["incident_channel"] == "ok"
+    assert [r.getMessage() for r in caplog.records if "INCIDENT_CHANNEL" in r.getMessage()] == []

@@ -221,8 +221,20 @@ class Settings:
             self.slack_app_token,
             self.vps_api_token,
             self.audit_key,
+            _url_password(self.database_url),
         )
         return tuple(v for v in values if v)
+
+    def http_problems(self) -> list[str]:
+        """What stops this configuration from serving Slack over HTTP (the `web`
+        process): every request there is verified, Socket Mode or not, so the signing
+        secret is required even when SLACK_APP_TOKEN is set."""
+        if not self.slack_signing_secret:
+            return [
+                "SLACK_SIGNING_SECRET is required to serve Slack over HTTP (the web "
+                "process), even with SLACK_APP_TOKEN set"
+            ]
+        return []
 
     @property
     def redacted_database_url(self) -> str:
@@ -570,3 +582,21 @@ def _in_spec_order(problems: list[str]) -> list[str]:
         return _ORDER.get(problem.split(" ", 1)[0], len(_ORDER))
 
     return sorted(problems, key=key)
+
+
+def _url_password(url: str) -> str | None:
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).password
+    except Exception:  # an unparsable URL is reported elsewhere; it has no password here
+        return None
+
+
+def web_setting(name: str, default: int, *, low: int = 1, high: int = 64) -> int:
+    """A whole-number setting of the web server (WEB_CONCURRENCY, WEB_THREADS), read
+    from the environment as gunicorn's config reads it; ConfigError when malformed."""
+    raw = os.environ.get(name, "").strip() or str(default)
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+        raise ConfigError([f"{name} must be a whole number from {low} to {high}"])
+    return int(raw)

@@ -2,9 +2,18 @@
 
 import os
 import signal
+import sys
+
+from bot.config import ConfigError, web_setting
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '3000')}"
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+try:
+    workers = web_setting("WEB_CONCURRENCY", 2)
+    web_setting("WEB_THREADS", 4)  # read by bot/web.py in each worker; checked once here
+except ConfigError as exc:
+    # One line and a stop, not gunicorn's traceback of a config file that failed.
+    print(str(exc), file=sys.stderr, flush=True)
+    raise SystemExit(2) from None
 # uvicorn event loops (bot/server.py): a connection holds a thread only once its whole
 # request is in, so slow or idle clients cannot starve the acks. The threads that run
 # the app are bot/web.py's (WEB_THREADS).
@@ -30,6 +39,9 @@ def on_starting(server):
     from bot.runtime import check_startup_or_exit
 
     settings = load_or_exit()
+    if problems := settings.http_problems():
+        print(str(ConfigError(problems)), file=sys.stderr, flush=True)
+        raise SystemExit(2)
     configure_logging(settings.log_level, secrets=settings.secrets())
     check_startup_or_exit(settings)
 

@@ -28,7 +28,7 @@ from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_bolt.request.internals import build_context
 
 from bot import request_guard
-from bot.config import ConfigError, load_settings
+from bot.config import ConfigError, load_settings, web_setting
 from bot.logs import Outage, configure_logging
 from bot.outbox import CHANNEL_HEALTH_KEY
 from bot.runtime import Runtime, build_runtime, check_startup, checked_install, startup_checked
@@ -95,9 +95,10 @@ class WebApp:
         return _json(start_response, "400 Bad Request", {"error": "malformed request"})
 
     def signed(self, environ, body: bytes) -> bool:
-        """Slack's v0 signature, as Bolt checks it (but on bytes that need not be UTF-8)."""
+        """Slack's v0 signature, as Bolt checks it (but on bytes that need not be UTF-8).
+        Without a secret nothing is signed: an empty HMAC key is anyone's key."""
         timestamp = environ.get("HTTP_X_SLACK_REQUEST_TIMESTAMP", "")
-        if not timestamp or abs(time.time() - int(timestamp)) > 60 * 5:
+        if not self.secret or not timestamp or abs(time.time() - int(timestamp)) > 60 * 5:
             return False
         digest = hmac.new(
             self.secret, b"v0:" + timestamp.encode() + b":" + body, hashlib.sha256
@@ -327,6 +328,9 @@ def create_app() -> AsgiFront:
     global _current
     try:
         settings = load_settings()
+        if problems := settings.http_problems():
+            raise ConfigError(problems)
+        threads = web_setting("WEB_THREADS", 4)
         configure_logging(settings.log_level, secrets=settings.secrets())
         # The master checked before forking (bot/gunicorn_conf.py): its answer is ours.
         install = checked_install() if startup_checked() else check_startup(settings)
@@ -341,7 +345,7 @@ def create_app() -> AsgiFront:
     _current = WebApp(runtime)
     # Acks only store a row (the job worker does the work), so a few threads keep the
     # cores busy; more only contend for the GIL and stretch the slowest acks.
-    return AsgiFront(_current, threads=int(os.environ.get("WEB_THREADS", "4")))
+    return AsgiFront(_current, threads=threads)
 
 
 def shutdown_current() -> None:

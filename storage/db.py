@@ -43,6 +43,9 @@ def normalise_url(url: str) -> str:
     return url
 
 
+PG_CONNECT_TIMEOUT_S = 5
+
+
 def make_engine(url: str, *, echo: bool = False) -> Engine:
     url = normalise_url(url)
     if url.startswith("sqlite"):
@@ -55,8 +58,17 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         )
         _configure_sqlite(engine)
         return engine
+    # psycopg's own connect timeout is over two minutes: a database host that drops
+    # packets would hold a health probe, an ack or the start-up check that long.
+    connect_args = {} if "connect_timeout" in url else {"connect_timeout": PG_CONNECT_TIMEOUT_S}
     return create_engine(
-        url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=30, pool_timeout=10
+        url,
+        echo=echo,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=30,
+        pool_timeout=10,
+        connect_args=connect_args,
     )
 
 

@@ -460,5 +460,5 @@ def test_env_example_documents_the_web_threads_the_code_defaults_to() -> None:
     example = ENV_EXAMPLE.read_text(encoding="utf-8")
     (documented,) = re.findall(r"^# WEB_THREADS=(\d+)$", example, flags=re.M)
     web = (ENV_EXAMPLE.parent / "bot" / "web.py").read_text(encoding="utf-8")
-    (default,) = re.findall(r"environ\.get\(\"WEB_THREADS\", \"(\d+)\"\)", web)
+    (default,) = re.findall(r"web_setting\(\"WEB_THREADS\", (\d+)\)", web)
     assert documented == default

@@ -175,6 +175,73 @@ def test_the_web_process_refuses_env_example_as_it_ships(tmp_path):
     assert not (tmp_path / "snapbot.db").exists()  # refused before anything was opened
 
 
+@pytest.mark.parametrize(
+    ("var", "value"),
+    # gunicorn itself reads WEB_CONCURRENCY first (a traceback for "two", its own one
+    # line for "-1"), so only what it lets through is ours to refuse there.
+    [("WEB_CONCURRENCY", "0"), ("WEB_THREADS", "two"), ("WEB_THREADS", "0"), ("WEB_THREADS", "-1")],
+)
+def test_the_web_process_with_a_malformed_web_setting_stops_with_one_line(var, value, tmp_path):
+    env = settings_env(DATABASE_URL=f"sqlite:///{tmp_path / 'snapbot.db'}", **{var: value})
+    line = assert_stops_naming(var, "web", env, tmp_path)
+    assert line == f"configuration error: {var} must be a whole number from 1 to 64"
+
+
+def test_the_web_process_needs_the_signing_secret_even_with_an_app_token(tmp_path):
+    """With SLACK_APP_TOKEN set the bot may run in Socket Mode, but the `web` process
+    serves HTTP: without a secret every signature would be checked with an empty key,
+    which anyone can compute."""
+    env = settings_env(
+        DATABASE_URL=f"sqlite:///{tmp_path / 'snapbot.db'}", SLACK_APP_TOKEN="xapp-1-startup"
+    )
+    del env["SLACK_SIGNING_SECRET"]
+    line = assert_stops_naming("SLACK_SIGNING_SECRET", "web", env, tmp_path)
+    assert "even with SLACK_APP_TOKEN set" in line
+
+
+def test_a_web_app_without_a_secret_counts_no_request_as_signed():
+    import hashlib
+    import hmac
+    import time
+
+    from bot.web import WebApp
+
+    body, ts = b"command=%2Fsnapshot&text=list", str(int(time.time()))
+    forged = "v0=" + hmac.new(b"", f"v0:{ts}:".encode() + body, hashlib.sha256).hexdigest()
+    app = WebApp.__new__(WebApp)  # only the signature check, no runtime
+    app.secret = b""
+    environ = {"HTTP_X_SLACK_REQUEST_TIMESTAMP": ts, "HTTP_X_SLACK_SIGNATURE": forged}
+    assert app.signed(environ, body) is False
+    app.secret = b"s3cret"
+    signed = "v0=" + hmac.new(b"s3cret", f"v0:{ts}:".encode() + body, hashlib.sha256).hexdigest()
+    assert app.signed({**environ, "HTTP_X_SLACK_SIGNATURE": signed}, body) is True
+
+
+def test_the_database_password_is_a_secret_the_log_scrubber_knows():
+    settings = Settings(
+        slack_bot_token=BOT_TOKEN,
+        slack_signing_secret="startup-signing-secret",
+        vps_api_token="startup-vps-token",
+        database_url="postgresql+psycopg://snap:pa55-word-9@db.example/snapbot",
+    )
+    assert "pa55-word-9" in settings.secrets()
+
+
+def test_a_postgresql_engine_gives_up_connecting_within_seconds():
+    """psycopg waits over two minutes by default for a host that drops packets."""
+    from storage.db import PG_CONNECT_TIMEOUT_S, make_engine
+
+    engine = make_engine("postgresql+psycopg://snap@127.0.0.1:1/snapbot")
+    seen: list[dict] = []
+    event.listen(engine, "do_connect", lambda _d, _r, _a, params: seen.append(dict(params)))
+    try:
+        with pytest.raises(OperationalError):
+            engine.connect()  # refused at once on a closed port; the arguments are what count
+    finally:
+        engine.dispose()
+    assert seen and seen[0]["connect_timeout"] == PG_CONNECT_TIMEOUT_S <= 10
+
+
 # --- SLACK_BOT_TOKEN: auth.test at start -------------------------------------------------
 
 

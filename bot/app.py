@@ -9,6 +9,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from slack_bolt import App
+from slack_bolt.authorization import AuthorizeResult
 
 from bot.listeners import register_listeners
 from bot.services import Actor, Services
@@ -22,8 +23,19 @@ LISTENER_THREADS = 32
 
 def build_app(services: Services) -> App:
     settings = services.settings
+
+    def authorize(enterprise_id=None, team_id=None, **_) -> AuthorizeResult:
+        # One install, one bot token. Without this Bolt asks auth.test on the first
+        # request of each process, inside Slack's 3 s, and refuses the request when
+        # Slack does not answer; start-up has asked already, and the door
+        # (Services.knows_its_install) asks again when that answer is missing.
+        return AuthorizeResult(
+            enterprise_id=enterprise_id, team_id=team_id, bot_token=services.slack.token
+        )
+
     app = App(
         client=services.slack,
+        authorize=authorize,
         signing_secret=settings.slack_signing_secret or "socket-mode-does-not-sign",
         request_verification_enabled=not settings.socket_mode,
         token_verification_enabled=False,

@@ -197,8 +197,11 @@ _CHATTER = {
     "alembic.runtime.plugins": _Chatter("setup plugin"),
     "alembic.runtime.migration": _Chatter("Context impl", "Will assume"),
     # Bolt reads SLACK_BOT_TOKEN from the environment by itself, then warns that the
-    # client we hand it (built from the same token) wins.
-    "slack_bolt.App": _Chatter("As you gave `client` as well, `token` will be unused"),
+    # client we hand it (built from the same token) wins, or that our authorize does.
+    "slack_bolt.App": _Chatter(
+        "As you gave `client` as well, `token` will be unused",
+        "As `installation_store` or `authorize` has been used",
+    ),
 }
 
 

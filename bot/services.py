@@ -54,6 +54,12 @@ GROUP_CACHE_SECONDS = 60.0
 DELETE_STALE = timedelta(minutes=5)
 # Outbox states after which a message's ts is known (sent) or never will be; None: no
 # such message was ever queued.
+# The door refuses everyone while the installing team is unknown (Slack did not
+# answer auth.test): the reason, and how often auth.test is tried again.
+UNKNOWN_INSTALL = (
+    "Slack has not yet told snapbot which workspace it is installed in; try again in a minute"
+)
+INSTALL_RETRY_S = 30.0
 SETTLED_STATES = frozenset({"sent", "failed", None})
 MESSAGE_WAIT_S = 15.0  # above one Slack call's budget (10 s timeout) and a first retry
 
@@ -215,6 +221,8 @@ class Services:
 
     def __post_init__(self) -> None:
         self.audit_key = self.settings.audit_key.encode() if self.settings.audit_key else None
+        self._install_lock = threading.Lock()
+        self._install_next_try = 0.0
         # Socket Mode has no signing secret; the bot token is as private.
         self.metadata_key = view_metadata.metadata_key(
             self.settings.slack_signing_secret or self.settings.slack_bot_token
@@ -423,9 +431,32 @@ class Services:
             allowed_teams=self.settings.slack_allowed_teams,
         )
 
+    def knows_its_install(self) -> bool:
+        """Whether the installing team is known. Start-up asks auth.test once and goes
+        on without an answer when Slack is down; until one comes, the door cannot tell
+        our users from another organisation's (a slash command names only one team),
+        so it asks again here, at most every INSTALL_RETRY_S, and refuses meanwhile."""
+        if self.install_team is not None:
+            return True
+        with self._install_lock:
+            if self.install_team is not None or time.monotonic() < self._install_next_try:
+                return self.install_team is not None
+            self._install_next_try = time.monotonic() + INSTALL_RETRY_S
+            try:
+                answer = self.slack.auth_test()
+            except (SlackApiError, SlackClientError, OSError) as exc:
+                log.warning("auth.test still unanswered (%s): requests are refused", exc)
+                return False
+            if not answer.get("team_id"):
+                return False
+            self.install_enterprise = answer.get("enterprise_id") or None
+            self.install_team = answer["team_id"]
+            log.info("snapbot is installed in team %s", self.install_team)
+            return True
+
     def _at_the_door(self, handler: Callable[[JobContext], None]) -> Callable[[JobContext], None]:
         def run(ctx: JobContext) -> None:
-            why = self.turned_away(ctx.payload)
+            why = self.turned_away(ctx.payload) if self.knows_its_install() else UNKNOWN_INSTALL
             if why is None:
                 handler(ctx)
                 return
@@ -441,7 +472,11 @@ class Services:
                 detail=f"turned away at the door: {_printable(why, 200)}",
                 # Without a response_url the answer is an ephemeral: only to a real
                 # user in a known channel.
-                answer=msg.turned_away(why, another_org=authz.is_user_id(actor.user))
+                answer=msg.turned_away(
+                    why,
+                    another_org=authz.is_user_id(actor.user),
+                    install_unknown=why == UNKNOWN_INSTALL,
+                )
                 if actor.response_url or (authz.is_user_id(actor.user) and actor.channel)
                 else None,
             )

@@ -327,3 +327,30 @@ def test_a_slack_connect_partner_in_slack_allowed_teams_may_approve():
         assert approvals(stack, req.id) == frozenset({"U3"})
     finally:
         stack.stop()
+
+
+def test_while_slack_has_not_named_the_install_the_door_refuses_and_asks_again(stack, monkeypatch):
+    """Start-up goes on when auth.test cannot be asked (Slack down). A slash command
+    names only one team, so until the install is known a Slack Connect partner's
+    command cannot be told from ours: everyone is refused, and auth.test is asked
+    again (here at once) until it answers."""
+    import bot.services
+
+    stack.services.install_team = None
+    stack.services.install_enterprise = None
+    monkeypatch.setattr(bot.services, "INSTALL_RETRY_S", 0.0)
+    stack.slack.fail_next("auth.test", 1, status=500)
+    command(stack, Who("U3", team="T9"), "list")
+    said = wait_for_ephemeral(stack, "U3", "snapbot did nothing")
+    assert "which workspace it is installed in" in said
+    stack.wait_settled()
+    assert [(r.action, r.outcome, r.actor) for r in door_refusals(stack)] == [
+        ("snapshot.list", "denied", "U3")
+    ]
+    # Slack answers again: the install is learnt, ours pass and the partner does not.
+    command(stack, Who("UBOB", team=stack.slack.team_id), "list")
+    wait_for_ephemeral(stack, "UBOB", "snapshot(s)")
+    assert stack.services.install_team == stack.slack.team_id
+    command(stack, Who("U3", team="T9"), "pending")
+    stack.wait_settled()
+    assert len(door_refusals(stack)) == 2

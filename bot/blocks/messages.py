@@ -132,9 +132,12 @@ def cannot_post(error: str, channel: str) -> str:
     return f"{fix} Nothing was changed."
 
 
-def turned_away(why: str, *, another_org: bool) -> dict:
+def turned_away(why: str, *, another_org: bool, install_unknown: bool = False) -> dict:
     """The answer to a request refused at the door (SPEC 13.5, 14.3): from a user of
-    another organisation, or with no valid Slack user ID at all."""
+    another organisation, or with no valid Slack user ID at all, or while snapbot does
+    not know its own workspace yet (then nobody can be told apart)."""
+    if install_unknown:
+        return error_message(f"snapbot did nothing: {why}.")
     if another_org:
         return error_message(
             f"snapbot did nothing ({why}): it acts only for people of the workspace "

@@ -9,6 +9,7 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -685,3 +686,57 @@ def test_any_extra_fields_are_ignored(extra: dict[str, Any]) -> None:
     extra = {k: v for k, v in extra.items() if k not in known}
     base = {"id": 801, "server": {"id": 12345, "name": "web"}, "name": "n", "status": "completed"}
     assert Snapshot.model_validate({**extra, **base}) == Snapshot.model_validate(base)
+
+
+# ---- an untrusted provider's answers: the token in every form, odd restore answers -----
+
+SLASHED_TOKEN = "tok/en+with=odd/chars"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        json.dumps({"message": f"bad token {SLASHED_TOKEN}"}).encode(),
+        json.dumps({"message": f"bad token {quote(SLASHED_TOKEN, safe='')}"}).encode(),
+        json.dumps({"message": f"bad token {quote(SLASHED_TOKEN)}"}).encode(),
+        # the token's first letter as a JSON unicode escape, and slashes escaped
+        ('{"message": "bad token \\u0074' + SLASHED_TOKEN[1:].replace("/", "\\/") + '"}').encode(),
+        json.dumps({"message": f"bad token {SLASHED_TOKEN}"}).encode("utf-16"),
+        f"plain text naming {SLASHED_TOKEN}".encode("latin-1"),
+    ],
+    ids=["raw", "percent-all", "percent", "json-escaped", "utf-16", "text"],
+)
+def test_a_token_echoed_in_any_encoding_never_reaches_the_reason(body) -> None:
+    provider = Provider().on("GET", "snapshots/", httpx.Response(400, content=body))
+    with (
+        VpsClient(BASE, SLASHED_TOKEN, transport=httpx.MockTransport(provider)) as vps,
+        pytest.raises(VpsBadRequest) as raised,
+    ):
+        vps.list_snapshots()
+    reason = raised.value.reason
+    assert "bad token" in reason or "plain text" in reason
+    for form in (SLASHED_TOKEN, quote(SLASHED_TOKEN, safe=""), quote(SLASHED_TOKEN), "en+with"):
+        assert form not in reason, reason
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [{"status": False}, {"status": 0}, {"success": False, "error": "no capacity"}],
+)
+def test_a_restore_answer_that_says_no_in_its_own_words_is_never_a_start(make, answer) -> None:
+    vps, provider = make(
+        Provider().on("POST", "snapshots/801/restore/", httpx.Response(200, json=answer))
+    )
+    with pytest.raises(VpsUnavailable) as raised:
+        vps.restore_snapshot(801)
+    assert raised.value.nothing_changed is False  # the server's state decides, never a resend
+    assert provider.calls("POST", "snapshots/801/restore/") == 1
+
+
+def test_a_provider_reason_is_clipped_before_it_is_shown_or_stored(make) -> None:
+    vps, _ = make(
+        Provider().on("GET", "snapshots/", httpx.Response(400, json={"message": "x" * 100_000}))
+    )
+    with pytest.raises(VpsBadRequest) as raised:
+        vps.list_snapshots()
+    assert 0 < len(raised.value.reason) <= 500

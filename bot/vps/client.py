@@ -37,6 +37,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import certifi
 import httpcore
@@ -71,6 +72,7 @@ CREATE_LOOKUP_WINDOW = 600.0
 #: Seconds the lookup after an unconfirmed create may take even when the deadline is spent.
 MIN_LOOKUP_SECONDS = 3.0
 #: Bytes an answer may carry, decoded: a list of hundreds of snapshots is tens of KB.
+REASON_MAX = 500  # the provider's reason as shown, logged and audited
 MAX_ANSWER_BYTES = 4 * 1024 * 1024
 #: A restore answer whose status is one of these says the restore did not start.
 RESTORE_REFUSED = frozenset({"error", "failed", "failure", "rejected", "refused", "denied"})
@@ -516,13 +518,51 @@ class VpsClient:
             if size > MAX_ANSWER_BYTES:
                 raise _Failure(f"answer too large (over {MAX_ANSWER_BYTES} bytes)", sent=True)
             chunks.append(chunk)
-        headers = {"Content-Type": response.headers.get("Content-Type", "application/json")}
+        content_type = response.headers.get("Content-Type", "application/json")
+        content, content_type = self._redact_answer(b"".join(chunks), content_type)
         return httpx.Response(
             response.status_code,
-            headers=headers,
-            content=self._redact_bytes(b"".join(chunks)),
+            headers={"Content-Type": content_type},
+            content=content,
             request=response.request,
         )
+
+    def _redact_answer(self, body: bytes, content_type: str) -> tuple[bytes, str]:
+        """The token removed from an answer in every form it can take there: as sent,
+        JSON-escaped (unicode escapes, escaped slashes), percent-encoded, or in another
+        charset.
+        The bytes first; then the decoded JSON strings (or text), re-encoded only when
+        something was found, so an answer without the token is passed on as it came."""
+        body = self._redact_bytes(body)
+        if not self._token:
+            return body, content_type
+        try:
+            data = jsonlib.loads(body)  # detects UTF-8, -16 and -32
+        except ValueError:
+            charset = httpx.Response(200, headers={"Content-Type": content_type}).charset_encoding
+            text = body.decode(charset or "utf-8", errors="replace")
+            cleaned = self._redact_text(text)
+            if cleaned == text:
+                return body, content_type
+            return cleaned.encode(), "text/plain; charset=utf-8"
+        cleaned = self._redact_json(data)
+        if cleaned == data:
+            return body, content_type
+        return jsonlib.dumps(cleaned).encode(), "application/json"
+
+    def _redact_text(self, text: str) -> str:
+        for form in (self._token, quote(self._token, safe=""), quote(self._token)):
+            text = text.replace(form, REDACTED)
+        return text
+
+    def _redact_json(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self._redact_text(value)
+        if isinstance(value, list):
+            return [self._redact_json(v) for v in value]
+        if isinstance(value, dict):
+            return {self._redact_text(k): self._redact_json(v) for k, v in value.items()}
+        return value
 
     def _raise_for_refusal(
         self,
@@ -650,6 +690,13 @@ def _parse_restore(response: httpx.Response) -> RestoreResult:
     except ValueError:
         data = None
     status = data.get("status") if isinstance(data, dict) else None
+    if isinstance(data, dict) and (
+        (status is not None and not isinstance(status, str))
+        or (status is None and (data.get("error") or data.get("success") is False))
+    ):
+        # {"status": false}, {"success": false, "error": …}: not a restore that started,
+        # and not one we can call refused either; the server's state will say.
+        raise _Failure(f"restore answered with status {str(status)[:40]!r}", sent=True)
     if isinstance(status, str) and status:
         if status.casefold() in RESTORE_REFUSED:
             raise VpsBadRequest(_reason(response), status=response.status_code)
@@ -674,18 +721,19 @@ def _reason(response: httpx.Response) -> str:
     try:
         data = response.json()
     except ValueError:
-        return response.text.strip()[:500] or f"HTTP {response.status_code}"
+        return response.text.strip()[:REASON_MAX] or f"HTTP {response.status_code}"
     if isinstance(data, dict):
         for key in ("message", "detail", "error"):
             value = data.get(key)
             if isinstance(value, str) and value:
-                return value
+                return value[:REASON_MAX]
         # Field errors, e.g. {"name": ["Snapshot name may contain only ..."]}
         for key, value in data.items():
             text = _first_string(value)
             if text:
-                return f"{key}: {text}"
-    return _first_string(data) or response.text.strip()[:500] or f"HTTP {response.status_code}"
+                return f"{key}: {text}"[:REASON_MAX]
+    text = _first_string(data) or response.text.strip()
+    return text[:REASON_MAX] or f"HTTP {response.status_code}"
 
 
 def _first_string(value: Any) -> str | None:

@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from datetime import UTC, datetime
+from urllib.parse import quote as quote_url
 
 _SECRET_PATTERNS = [
     re.compile(r"xox[abposr]-[A-Za-z0-9-]+"),
@@ -32,6 +33,9 @@ _SECRET_PATTERNS = [
     # slack_sdk's WebhookClient logs at DEBUG ("Sending a request - url: ...") whatever
     # its host (local stand-ins included). Web API URLs (…/api/method) are not secret.
     re.compile(r"(https://hooks\.slack(?:-gov)?\.com/)[^\s'\",]+"),
+    # The same inside a form-encoded body (Bolt logs `payload=%7B%22token%22%3A…`).
+    re.compile(r"(?i)(%22(?:token|response_url)%22%3A(?:%20|\+)*%22).+?(?=%22)"),
+    re.compile(r"(?i)(https%3A%2F%2Fhooks\.slack(?:-gov)?\.com%2F)[^\s'\",&]+"),
     re.compile(r"(\burl: )(?![^\s,]*/api/)[^\s,]+"),
 ]
 _extra_secrets: list[str] = []
@@ -47,7 +51,9 @@ def register_secret(value: str | None) -> None:
 
 def scrub(text: str) -> str:
     for value in _extra_secrets:
-        text = text.replace(value, "[secret]")
+        # As given, and as a form or URL would carry it.
+        for form in {value, quote_url(value, safe=""), quote_url(value)}:
+            text = text.replace(form, "[secret]")
     for pattern in _SECRET_PATTERNS:
         text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + "[secret]", text)
     return text

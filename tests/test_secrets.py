@@ -7,6 +7,7 @@ process's stderr at LOG_LEVEL=DEBUG), in any database column (audit_event, outbo
 
 from __future__ import annotations
 
+import json
 import logging
 import traceback
 
@@ -416,3 +417,27 @@ def test_a_response_url_never_appears_in_debug_logs_of_the_post_to_it():
     assert url not in logged and url.rsplit("/", 1)[-1] not in logged
     hooks = "https://hooks.slack.com/commands/T1/123/abcDEF"
     assert hooks.rsplit("/", 1)[-1] not in scrubbed_line("answering %s", hooks)
+
+
+def test_a_form_encoded_body_in_a_log_line_loses_its_token_response_url_and_secrets():
+    """Bolt logs a body it refuses as it came: `payload=` and URL-encoded JSON."""
+    from urllib.parse import urlencode
+
+    from bot.logs import register_secret, scrub
+
+    register_secret("form/secret+value-1")
+    body = urlencode(
+        {
+            "payload": json.dumps(
+                {
+                    "token": "legacyVerificationTok",
+                    "response_url": "https://hooks.slack.com/actions/T1/123/abcDEF",
+                    "note": "form/secret+value-1",
+                }
+            )
+        }
+    )
+    cleaned = scrub(f"refused a request: {body}")
+    for secret in ("legacyVerificationTok", "abcDEF", "hooks.slack.com%2Factions", "value-1"):
+        assert secret not in cleaned, cleaned
+    assert cleaned.startswith("refused a request: payload=")

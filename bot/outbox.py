@@ -65,7 +65,11 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def _origin(url: str) -> tuple[str, str, int] | None:
-    """(scheme, host, port) of ``url``; None when it has credentials or is not a URL."""
+    """(scheme, host, port) of ``url``; None when it has credentials or is not a URL.
+    urlsplit drops tabs and newlines that an HTTP client would refuse (or read
+    otherwise), so any whitespace or control character makes it no URL at all."""
+    if not isinstance(url, str) or any(c <= " " or c == "\x7f" for c in url):
+        return None
     try:
         parts = urlsplit(url)
         port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
@@ -225,7 +229,17 @@ class Outbox:
     def pump(self, limit: int = 100) -> int:
         with session_scope(self.engine, readonly=True) as s:
             due = repo.due_messages(s, now=self.clock(), limit=limit)
-        return sum(1 for i in due if self.deliver(i).sent)
+        sent = 0
+        for message_id in due:
+            try:
+                sent += self.deliver(message_id).sent
+            except SQLAlchemyError:
+                raise  # the database is down: the caller's outage handling says so once
+            except Exception:
+                # One message snapbot cannot send must not keep the rest of the batch
+                # from Slack; its claim lapses and it is tried again later.
+                log.exception("could not deliver message %s", message_id)
+        return sent
 
     def ts_of(self, key: str) -> str | None:
         """The ts Slack gave the message queued under ``key``, once it is sent."""
@@ -326,6 +340,8 @@ class Outbox:
             if method == "response_url":
                 try:
                     resp = self._webhooks.post(payload["url"], json=payload["body"])
+                except httpx.InvalidURL:
+                    return self._ephemeral_instead(payload, "response_url is not a URL")
                 except httpx.HTTPError as exc:
                     return Delivery(False, error=f"response_url {type(exc).__name__}")
                 if resp.status_code == 200:

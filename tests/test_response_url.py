@@ -47,6 +47,11 @@ SECRET_PATH = "T1/B2/s3cr3tpathpart"
         ("http://127.0.0.1:99999/x", False),  # not a port
         ("hooks.slack.com/commands/x", False),
         ("", False),
+        # urlsplit drops these; an HTTP client would refuse the URL (or read it otherwise)
+        (f"https://hooks.sla\tck.com/commands/{SECRET_PATH}", False),
+        (f"https://hooks.slack.com/commands/{SECRET_PATH}\n", False),
+        (f"https://hooks.slack.com/commands/{SECRET_PATH} x", False),
+        (f"https://hooks.slack.com/commands/\x7f{SECRET_PATH}", False),
     ],
 )
 def test_only_slacks_hooks_hosts_or_the_slack_api_origin_are_trusted(url, trusted):

@@ -117,8 +117,9 @@ def test_an_approved_or_executing_request_still_holds_its_snapshot(engine, still
 
 
 def test_the_migration_closes_duplicates_the_race_left_behind_then_builds_the_index(db_url):
-    """A database the old race wrote two pending requests into still upgrades: the
-    later pending one is cancelled; an approved one is kept over an older pending one."""
+    """A database the old race wrote duplicates into still upgrades: the later pending
+    one is cancelled; an approved one is kept over an older pending one; of approved and
+    executing ones, the executing (or the oldest) stays and no two stay active."""
     engine = make_engine(db_url)
     try:
         with engine.connect() as conn:
@@ -126,7 +127,18 @@ def test_the_migration_closes_duplicates_the_race_left_behind_then_builds_the_in
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "0002_snapshot_deletion")
             conn.commit()
-        rows = [(801, "pending"), (801, "pending"), (802, "pending"), (802, "approved")]
+        rows = [
+            (801, "pending"),
+            (801, "pending"),
+            (802, "pending"),
+            (802, "approved"),
+            (803, "approved"),  # beside a restoring one: never reaches the provider
+            (803, "executing"),
+            (804, "executing"),
+            (804, "executing"),  # two restoring: the later is marked interrupted
+            (805, "approved"),
+            (805, "approved"),
+        ]
         with session_scope(engine) as s:
             for i, (snapshot_id, state) in enumerate(rows):
                 row = new_request(f"U{i}", snapshot_id=snapshot_id)
@@ -136,7 +148,18 @@ def test_the_migration_closes_duplicates_the_race_left_behind_then_builds_the_in
         migrate(engine)
         with session_scope(engine, readonly=True) as s:
             states = {r.id: r.state for r in repo.requests_in_state(s, states=ACTIVE + CLOSED)}
-        assert states == {1: "pending", 2: "cancelled", 3: "cancelled", 4: "approved"}
+        assert states == {
+            1: "pending",
+            2: "cancelled",
+            3: "cancelled",
+            4: "approved",
+            5: "failed",
+            6: "executing",
+            7: "executing",
+            8: "interrupted",
+            9: "approved",
+            10: "failed",
+        }
         with session_scope(engine) as s:
             assert repo.open_restore_request(s, new_request("U9", snapshot_id=801)) is None
     finally:

@@ -935,6 +935,14 @@ class Services:
             self.record(actor, "provider.delete", "error", target=target, detail=describe(exc))
             self.answer(actor, msg.error_message(describe(exc)), replace_original=True)
             return
+        except BaseException:
+            # Anything else (a bug, a stop): free the claim, so the next press is not
+            # told "already being deleted" for minutes; the job's crash handler answers.
+            with session_scope(self.engine) as s:
+                repo.finish_deletion(
+                    s, snapshot_id=sid, by=actor.user, deleted=False, now=self.clock()
+                )
+            raise
         with session_scope(self.engine) as s:
             repo.finish_deletion(s, snapshot_id=sid, by=actor.user, deleted=True, now=self.clock())
         self.record(actor, "provider.delete", "ok", target=target)

@@ -568,3 +568,23 @@ def test_deletion_claims_let_one_through_and_a_failed_or_abandoned_one_be_tried_
         assert claim("U4", at=now + timedelta(hours=1)) == ("deleted", "U3")
     finally:
         engine.dispose()
+
+
+def test_a_delete_that_crashes_frees_its_claim_for_the_next_press(stack):
+    services = stack.services
+    real_delete = services.vps.delete_snapshot
+
+    def broken(snapshot_id):
+        raise RuntimeError("a bug between the claim and the provider")
+
+    services.vps.delete_snapshot = broken
+    try:
+        prompt = delete_prompt(stack)
+        press_confirm(stack, prompt, name="first")
+        stack.wait_settled()
+    finally:
+        services.vps.delete_snapshot = real_delete
+    press_confirm(stack, prompt, name="second")
+    told(stack, "U1", "Snapshot 798 deleted by <@U1>")
+    assert stack.sim.state.calls["DELETE snapshots/{id}/"] == 1
+    assert not any("already being deleted" in t for t in texts(stack, "U1"))

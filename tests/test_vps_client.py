@@ -740,3 +740,52 @@ def test_a_provider_reason_is_clipped_before_it_is_shown_or_stored(make) -> None
     with pytest.raises(VpsBadRequest) as raised:
         vps.list_snapshots()
     assert 0 < len(raised.value.reason) <= 500
+
+
+def test_the_provider_is_reached_through_the_environments_proxy(monkeypatch) -> None:
+    """An egress proxy named by HTTP(S)_PROXY is used, as httpx would use it, and the
+    answer still goes through the one reader (the token redacted)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[str] = []
+
+    class Proxy(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.path)  # a proxy is sent the absolute URL
+            body = json.dumps({"count": 0, "results": [], "note": TOKEN}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.server_port}")
+    try:
+        with VpsClient("http://provider.invalid/api/v1/", TOKEN) as vps:
+            assert vps.list_snapshots() == []
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen == ["http://provider.invalid/api/v1/snapshots/"]
+
+
+def test_a_provider_on_this_machine_is_never_sent_through_a_proxy(monkeypatch) -> None:
+    from bot.vps.client import _environment_proxy
+
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert _environment_proxy("http://127.0.0.1:8000/api/v1/") is None
+    assert _environment_proxy("http://localhost:8000/api/v1/") is None
+    assert _environment_proxy("https://admin.vps.org/api/v1/") == "http://proxy.example:3128"
+    monkeypatch.setenv("NO_PROXY", "admin.vps.org")
+    assert _environment_proxy("https://admin.vps.org/api/v1/") is None

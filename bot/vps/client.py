@@ -26,6 +26,7 @@ in any log line, or in any error.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import json as jsonlib
 import logging
 import os
@@ -38,6 +39,7 @@ from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import quote
+from urllib.request import getproxies, proxy_bypass
 
 import certifi
 import httpcore
@@ -170,15 +172,50 @@ class _DeadlineTransport(httpx.HTTPTransport):
     given what is left of the attempt's deadline instead. httpx has no option for the
     network backend, so the pool is rebuilt with httpx's own defaults around ours."""
 
-    def __init__(self, ssl_context: ssl.SSLContext) -> None:
+    def __init__(self, ssl_context: ssl.SSLContext, proxy: str | None = None) -> None:
         super().__init__(verify=ssl_context)
-        self._pool = httpcore.ConnectionPool(
+        if not isinstance(getattr(self, "_pool", None), httpcore.ConnectionPool):
+            # Loudly, rather than run without the deadline if httpx changes inside.
+            raise RuntimeError("httpx.HTTPTransport no longer keeps an httpcore pool in _pool")
+        pool = dict(
             ssl_context=ssl_context,
             max_connections=100,
             max_keepalive_connections=20,
             keepalive_expiry=5.0,
             network_backend=_DeadlineBackend(),
         )
+        if proxy is None:
+            self._pool = httpcore.ConnectionPool(**pool)
+            return
+        # HTTP(S)_PROXY, as httpx would honour it without a transport of ours.
+        parsed = httpx.URL(proxy)
+        if parsed.scheme not in ("http", "https"):
+            raise ValueError(f"proxy scheme {parsed.scheme!r} is not supported (http or https)")
+        user, password = parsed.username, parsed.password
+        self._pool = httpcore.HTTPProxy(
+            proxy_url=str(parsed.copy_with(username=None, password=None)),
+            proxy_auth=(user, password) if user else None,
+            **pool,
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _environment_proxy(base_url: str) -> str | None:
+    """The proxy the environment names for the provider's one host (HTTPS_PROXY,
+    HTTP_PROXY, ALL_PROXY, minus NO_PROXY), as httpx reads them for a client of its own."""
+    url = httpx.URL(base_url)
+    if _is_loopback(url.host) or proxy_bypass(url.host):
+        return None  # a provider on this machine (the simulator) is never proxied
+    proxies = getproxies()
+    return proxies.get(url.scheme) or proxies.get("all") or None
 
 
 class VpsClient:
@@ -218,7 +255,8 @@ class VpsClient:
                 "Content-Type": "application/json",
             },
             timeout=timeout,
-            transport=transport or _DeadlineTransport(_tls_context()),
+            transport=transport
+            or _DeadlineTransport(_tls_context(), proxy=_environment_proxy(self.base_url)),
             follow_redirects=False,
         )
 

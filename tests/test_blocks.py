@@ -328,3 +328,24 @@ def test_the_pending_list_stays_within_limits_however_much_is_pending():
     ]
     assert_sendable(msg.pending_list(requests, watches, NOW))
     assert "Nothing is pending" in json.dumps(assert_sendable(msg.pending_list([], [], NOW)))
+
+
+def test_a_thousand_event_audit_list_stays_within_what_slack_takes_in_one_message():
+    from types import SimpleNamespace
+
+    events = [
+        SimpleNamespace(
+            id=i,
+            at=datetime(2026, 12, 3, tzinfo=UTC),
+            actor="U0123ABCD",
+            action="restore.approve",
+            target=f"request:{i} snapshot:801 server:12345",
+            detail="x" * 200,
+            outcome="ok",
+        )
+        for i in range(1000, 0, -1)
+    ]
+    payload = msg.audit_list(events)
+    text = sum(len((b.get("text") or {}).get("text", "")) for b in payload["blocks"])
+    assert text <= msg.AUDIT_TEXT_BUDGET + 100
+    assert "older event(s) not shown; use `snapbot audit export`" in str(payload["blocks"][-1])

@@ -638,6 +638,10 @@ def checkpoint_notice(reason: str, count: int, head: str) -> dict:
 # --- audit and pending -------------------------------------------------------------------------
 
 
+# The whole list's text: well inside what Slack accepts in one message's blocks.
+AUDIT_TEXT_BUDGET = 11_000
+
+
 def audit_list(events: Sequence) -> dict:
     if not events:
         return text_message("The audit log is empty.")
@@ -654,8 +658,12 @@ def audit_list(events: Sequence) -> dict:
         HeaderBlock(text=PlainTextObject(text=f"Audit log — last {len(events)} event(s)"))
     ]
     chunk: list[str] = []
+    total = 0
     for line in lines:  # pack lines into sections of at most 3000 characters
         line = clip(line, SECTION_LIMIT - 10)  # one huge line still fits a section alone
+        total += len(line) + 1
+        if total > AUDIT_TEXT_BUDGET:  # Slack refuses a message whose blocks are too long
+            break
         if chunk and (
             sum(len(x) + 1 for x in chunk) + len(line) > SECTION_LIMIT - 10 or len(chunk) >= 40
         ):

@@ -252,6 +252,9 @@ class VpsClient:
             headers={
                 "Authorization": f"Bearer {token}",
                 "Accept": "application/json",
+                # Compressed answers would be inflated chunk by chunk before the size cap
+                # counts them: a small bomb could still take memory.
+                "Accept-Encoding": "identity",
                 "Content-Type": "application/json",
             },
             timeout=timeout,

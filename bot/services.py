@@ -1155,6 +1155,40 @@ class Services:
             )
         self.outbox.flush([mid])
 
+    def cancel_unposted_request(self, req: RestoreRequest, error: str) -> None:
+        """A request whose channel message Slack refused for good after its requester
+        was answered (it was being retried then): nobody can see it, so it is cancelled,
+        which frees its snapshot, and the requester and the incident channel are told."""
+        with session_scope(self.engine) as s:
+            if not repo.transition_request(
+                s,
+                request_id=req.id,
+                from_states=[approval.State.PENDING],
+                to_state=approval.State.CANCELLED,
+                decided_at=self.clock(),
+                outcome_detail=f"could not post the request: {error}"[:500],
+            ):
+                return
+            mids = [
+                # A direct message: the channel is where Slack refused to post.
+                self.outbox.post(
+                    s,
+                    req.requester,
+                    msg.request_unposted(req, error),
+                    key=f"req:{req.id}:unposted:dm",
+                ),
+                self.notify_incident(
+                    s,
+                    msg.request_unposted_notice(req, error),
+                    key=incident_key(req.id, "unposted"),
+                ),
+            ]
+            system = Actor(user="", channel=req.channel, team=req.team)
+            self.audit(
+                s, system, "restore.request", "error", target=f"request:{req.id}", detail=error
+            )
+        self.outbox.flush(mids)
+
     def _await_delivery(
         self, key: str, first: Delivery, timeout: float = MESSAGE_WAIT_S
     ) -> Delivery:

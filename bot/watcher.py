@@ -115,6 +115,7 @@ class Duties:
             return False
         self.cycles += 1
         self.expire_requests()
+        self.cancel_unposted()
         self.resume_approved()
         self.reconcile_executing()
         self.poll_snapshots()
@@ -159,6 +160,12 @@ class Duties:
                 ]
                 self.s.audit(s, None, "restore.expire", "ok", target=f"request:{req.id}")
             self.s.outbox.flush(mids)
+
+    def cancel_unposted(self) -> None:
+        with session_scope(self.s.engine, readonly=True) as s:
+            unposted = repo.unposted_requests(s)
+        for req, error in unposted:
+            self.s.cancel_unposted_request(req, error)
 
     def resume_approved(self) -> None:
         """Approved but never started (the approving process died before executing):

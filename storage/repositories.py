@@ -13,7 +13,19 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from sqlalchemy import Connection, Engine, String, bindparam, func, or_, select, type_coerce, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    String,
+    bindparam,
+    cast,
+    func,
+    literal,
+    or_,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
@@ -537,6 +549,24 @@ def expired_requests(session: Session, *, now: datetime) -> list[RestoreRequest]
             .order_by(RestoreRequest.id)
         ).scalars()
     )
+
+
+def unposted_requests(session: Session) -> list[tuple[RestoreRequest, str]]:
+    """Pending requests whose channel message Slack refused for good after the request
+    was opened (it was still being retried when its requester was answered), with
+    Slack's error: nobody can see or decide them."""
+    key = literal("req:") + cast(RestoreRequest.id, String) + literal(":msg")
+    rows = session.execute(
+        select(RestoreRequest, Outbox.error)
+        .join(Outbox, Outbox.key == key)
+        .where(
+            RestoreRequest.state == "pending",
+            RestoreRequest.message_ts.is_(None),
+            Outbox.state == "failed",
+        )
+        .order_by(RestoreRequest.id)
+    ).all()
+    return [(req, error or "") for req, error in rows]
 
 
 def open_request_for_snapshot(session: Session, *, snapshot_id: int) -> RestoreRequest | None:

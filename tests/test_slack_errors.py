@@ -588,3 +588,46 @@ def test_a_delete_that_crashes_frees_its_claim_for_the_next_press(stack):
     told(stack, "U1", "Snapshot 798 deleted by <@U1>")
     assert stack.sim.state.calls["DELETE snapshots/{id}/"] == 1
     assert not any("already being deleted" in t for t in texts(stack, "U1"))
+
+
+def test_a_request_whose_message_slack_refuses_later_is_cancelled_and_its_requester_told(stack):
+    """The request message was still being retried when the requester was answered;
+    Slack then refused it for good. Staged: the request's message row is put in that
+    state. The lease holder cancels the request (which frees the snapshot) and tells
+    the requester directly and the incident channel; nothing reaches the provider."""
+    from sqlalchemy import update
+
+    from storage.tables import Outbox, RestoreRequest
+
+    command(stack, "restore 801 staged", channel="C1", channel_name="ops")
+    stack.wait_settled()
+    with session_scope(stack.runtime.engine) as s:
+        (req,) = repo.requests_in_state(s, states=["pending"])
+        s.execute(
+            update(Outbox)
+            .where(Outbox.key == f"req:{req.id}:msg")
+            .values(state="failed", result_ts=None, error="is_archived")
+        )
+        s.execute(update(RestoreRequest).where(RestoreRequest.id == req.id).values(message_ts=None))
+    wait_until(
+        lambda: repo_state(stack, req.id) == "cancelled", what="the unposted request cancelled"
+    )
+    stack.wait_settled()
+    dm = [m.text or "" for m in stack.slack.messages("U1")]
+    assert any(f"restore request #{req.id}" in t and "was cancelled" in t for t in dm), dm
+    incident = [m.text or "" for m in stack.slack.messages(INCIDENT_CHANNEL)]
+    assert any(f"#{req.id}" in t and "is_archived" in t for t in incident), incident
+    assert ("error", "is_archived") in [
+        (e.outcome, e.detail) for e in audit_rows(stack, "restore.request")
+    ]
+    assert stack.sim.state.calls["POST snapshots/{id}/restore/"] == 0
+    # The snapshot is free again.
+    command(stack, "restore 801 again", channel="C1", channel_name="ops")
+    stack.wait_settled()
+    with session_scope(stack.runtime.engine, readonly=True) as s:
+        assert len(repo.requests_in_state(s, states=["pending"])) == 1
+
+
+def repo_state(stack: LocalStack, request_id: int) -> str:
+    with session_scope(stack.runtime.engine, readonly=True) as s:
+        return repo.get_restore_request(s, request_id=request_id).state

@@ -580,6 +580,22 @@ def request_expired_notice(req, link: str | None) -> dict:
     )
 
 
+def request_unposted(req, error: str) -> dict:
+    """To the requester, directly: their request never reached its channel."""
+    return error_mrkdwn(
+        f"Your restore request #{req.id} ({escape(req.server_name)} from "
+        f"{escape(req.snapshot_name)}) was cancelled: " + cannot_post(error, req.channel)
+    )
+
+
+def request_unposted_notice(req, error: str) -> dict:
+    return incident_notice(
+        f":x: Restore request #{req.id} of *{escape(req.server_name)}* was cancelled: Slack "
+        f"refused its message in <#{escape(req.channel)}> ({escape(error)}). Nothing was changed.",
+        None,
+    )
+
+
 def snapshot_ended_notice(watch, status: str) -> dict:
     return incident_notice(
         f":x: Snapshot *{escape(watch.snapshot_name)}* of *{escape(watch.server_name)}* ended "

@@ -281,12 +281,15 @@ def test_two_processes_approving_the_same_request_at_once_restore_exactly_once(
 
     assert sim.state.calls[RESTORE] == rounds
     assert len({rid for rid, _ in decided}) == rounds
-    # Both processes won some rounds' races: the test really crossed processes.
+    # Both processes won some rounds' races: the test really crossed processes. Which
+    # one wins a round is the race itself, so only the long run can count on both
+    # having won (over 50 rounds, one process winning every race would be a finding).
     executors = set()
     with session_scope(d.engine, readonly=True) as s:
         for rid, _ in decided:
             executors.add(repo.get_restore_request(s, request_id=rid).executor)
-    assert len(executors) == 2, executors
+    if rounds >= ROUNDS:
+        assert len(executors) == 2, executors
 
 
 # --- restart safety ---------------------------------------------------------------------------

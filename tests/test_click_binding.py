@@ -119,7 +119,7 @@ def test_a_button_on_request_a_carrying_request_b_does_nothing_to_b(stack, actio
 def test_a_press_on_another_message_or_in_another_channel_is_refused(stack):
     (a, a_message), _ = two_requests(stack)
     elsewhere = [
-        ("C1", "1700000000.000100"),  # some other message in the request's channel
+        ("C1", "1600000000.000100"),  # a message before any the fake issues
         ("C2", a_message.ts),  # the request's ts, but in another channel
         (INCIDENT_CHANNEL, a_message.ts),  # the incident channel, but not the notice
     ]

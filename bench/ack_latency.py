@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import text  # noqa: E402
 
-from bot.devtools.slack_signing import sign, slash_command_body  # noqa: E402
+from snapbot_local.slack.signing import sign, slash_command_body  # noqa: E402
 from storage.db import make_engine  # noqa: E402
 from tests.procs import free_port, start_simulator_process, start_web, wait_http  # noqa: E402
 

@@ -37,14 +37,14 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import create_engine, text  # noqa: E402
 
 from bot.blocks import ids  # noqa: E402
-from bot.devtools.fake_slack import FakeSlack  # noqa: E402
-from bot.devtools.slack_signing import (  # noqa: E402
+from snapbot_local.provider import start_simulator  # noqa: E402
+from snapbot_local.slack import FakeSlack  # noqa: E402
+from snapbot_local.slack.signing import (  # noqa: E402
     SlackClientSim,
     button_press_body,
     slash_command_body,
 )
-from bot.devtools.stack import BOT_TOKEN, SIGNING_SECRET, VPS_TOKEN  # noqa: E402
-from bot.vps.simulator import start_simulator  # noqa: E402
+from snapbot_local.stack import BOT_TOKEN, SIGNING_SECRET, VPS_TOKEN  # noqa: E402
 from storage import repositories as repo  # noqa: E402
 from storage.db import make_engine, normalise_url, session_scope  # noqa: E402
 from tests.procs import Proc, start_web, wait_until  # noqa: E402

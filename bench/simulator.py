@@ -1,6 +1,6 @@
 """How fast does the provider simulator answer `GET snapshots/`?
 
-Starts `python -m bot.vps.simulator` as a subprocess (so client and server do not
+Starts `python -m snapbot_local.provider` as a subprocess (so client and server do not
 share a GIL), then N client threads, each with its own pooled httpx.Client, list
 snapshots for a fixed time. Prints requests per second and p50/p99 latency.
 
@@ -23,14 +23,14 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bot.vps.simulator import start_simulator  # noqa: E402
+from snapbot_local.provider import start_simulator  # noqa: E402
 
 TOKEN = "bench-token"
 
 
 def start_subprocess() -> tuple[str, subprocess.Popen[str]]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "bot.vps.simulator", "--port", "0", "--token", TOKEN],
+        [sys.executable, "-m", "snapbot_local.provider", "--port", "0", "--token", TOKEN],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,

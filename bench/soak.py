@@ -47,8 +47,8 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import text  # noqa: E402
 
-from bot.devtools.fake_slack import FakeSlack  # noqa: E402
-from bot.devtools.slack_signing import button_press_body, sign, slash_command_body  # noqa: E402
+from snapbot_local.slack import FakeSlack  # noqa: E402
+from snapbot_local.slack.signing import button_press_body, sign, slash_command_body  # noqa: E402
 from storage.db import make_engine  # noqa: E402
 from tests.procs import start_simulator_process, start_web  # noqa: E402
 

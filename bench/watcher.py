@@ -73,28 +73,24 @@ FAR = 10**6  # seconds: seeded snapshots complete this far ahead until the clock
 def serve_seeded_simulator(n: int, window: float) -> int:
     """Child mode: serve the real simulator with n in-progress snapshots over SERVERS
     servers; snapshot i completes at base + FAR + window * rank(i) / n. Prints `URL BASE`."""
-    from bot.vps.simulator import _Server, _Snapshot, start_simulator
+    from snapbot_local.provider import start_simulator
 
     handle = start_simulator(token=TOKEN, create_seconds=FAR)
     state = handle.state
     base = state.now()
     ranks = completion_ranks(n)
-    with state._lock:  # no public seeding API: the provider's rules guard creates only
-        for s in range(SERVERS):
-            sid = FIRST_SERVER + s
-            state._servers[sid] = _Server(sid, f"bench-server-{s:02d}")
-        for i in range(n):
-            sid = FIRST_SNAPSHOT + i
-            state._snapshots[sid] = _Snapshot(
-                id=sid,
-                server_id=FIRST_SERVER + i % SERVERS,
-                name=f"bench-{i:04d}",
-                description=None,
-                created_at=base,
-                completes_at=base + FAR + window * ranks[i] / n,
-                size_mb=None,
-                status="in_progress",
-            )
+    for s in range(SERVERS):
+        state.seed_server(FIRST_SERVER + s, f"bench-server-{s:02d}")
+    for i in range(n):
+        state.seed_snapshot(
+            FIRST_SERVER + i % SERVERS,
+            f"bench-{i:04d}",
+            snapshot_id=FIRST_SNAPSHOT + i,
+            status="in_progress",
+            size_mb=None,
+            created_at=base,
+            completes_at=base + FAR + window * ranks[i] / n,
+        )
     print(f"{handle.url} {base!r}", flush=True)
     try:
         sys.stdin.read()  # until the parent closes our stdin
@@ -154,7 +150,7 @@ def serve_fake_slack() -> int:
     """Child mode: serve FakeSlack; print its API URL; on stdin, `latency S` makes it
     answer after S seconds (like Slack across the internet) and `calls` is answered
     with one JSON line [[method, ok, thread_ts, at], ...]; stop at EOF."""
-    from bot.devtools.fake_slack import FakeSlack
+    from snapbot_local.slack import FakeSlack
 
     fake = FakeSlack().start()
     print(fake.api_url, flush=True)

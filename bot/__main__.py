@@ -83,26 +83,41 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "vps-sim":
-        from bot.vps.simulator import main as sim_main
-
-        return sim_main(argv[1:])
+        return vps_sim(argv[1:])
     args = build_parser().parse_args(argv)
     command = args.command or "serve"
     if command == "serve":
         return serve()
     if command == "demo":
-        from bot.demo import run_demo
-
-        return run_demo(keep_running=args.keep_running)
+        return demo(keep_running=args.keep_running)
     if command == "shell":
-        from bot.shell import run_shell
-
-        return run_shell(user=args.user)
+        return shell(user=args.user)
     if command == "audit":
         return audit(args)
     if command == "worker":
         return work(parent_pid=args.parent)
     return 2
+
+
+# The offline stack (snapbot_local, installed beside bot/) is loaded here and nowhere
+# else in production code: only these three subcommands need it
+# (tests/test_contracts.py keeps it so).
+def demo(*, keep_running: bool) -> int:
+    from snapbot_local.demo import run_demo
+
+    return run_demo(keep_running=keep_running)
+
+
+def shell(*, user: str) -> int:
+    from snapbot_local.shell import run_shell
+
+    return run_shell(user=user)
+
+
+def vps_sim(argv: list[str]) -> int:
+    from snapbot_local.provider import main as sim_main
+
+    return sim_main(argv)
 
 
 # A start-up problem (settings, DATABASE_URL, SLACK_BOT_TOKEN) is a ConfigError: one

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bot.blocks import ids
-from bot.devtools.stack import INCIDENT_CHANNEL, LocalStack
+from snapbot_local.stack import INCIDENT_CHANNEL, LocalStack
 from tests.conftest import wait_until
 
 

@@ -1,7 +1,7 @@
 """Suite-wide secret scan (SPEC §2, §7: tokens and secrets never appear in the audit
 log, the logs, Slack messages or exception texts).
 
-After every test that ran a LocalStack (bot/devtools/stack.py), none of that stack's
+After every test that ran a LocalStack (snapbot_local/stack.py), none of that stack's
 secret values (bot token, signing secret, VPS token, audit key) may appear in
 
 * the log records pytest captured (setup, call and teardown; with tracebacks),
@@ -29,8 +29,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from bot.devtools import stack as stack_module
-from bot.devtools.stack import LocalStack
+from snapbot_local import stack as stack_module
+from snapbot_local.stack import LocalStack
 
 MARKER = "secrets_planted"
 MAX_LOG_FILE_BYTES = 20 << 20
@@ -59,6 +59,7 @@ class _Watched:
 _live: dict[int, _Watched] = {}
 _pending: list[str] = []  # findings of stacks scanned at stop(), not yet reported
 _known: dict[str, str] = {}  # every stack secret seen this session: value -> name
+_installed = False  # LocalStack.start/stop wrapped (once per session)
 
 
 def secrets_of(stack: LocalStack) -> dict[str, str]:
@@ -110,10 +111,9 @@ def scan_stack(w: _Watched) -> list[str]:
             logging.getLogger(__name__).info("secret scan skipped the database: %s", exc)
     fake = w.stack.slack
     if fake is not None:
-        with fake._lock:  # the recorded calls, without deep-copying all of them
-            new = fake._calls[w.calls_seen :]
-            w.calls_seen += len(new)
-            dumped = [(c.method, json.dumps(c.params, default=str)) for c in new]
+        new = fake.calls_since(w.calls_seen)  # the recorded calls, without deep copies
+        w.calls_seen += len(new)
+        dumped = [(c.method, json.dumps(c.params, default=str)) for c in new]
         for method, params in dumped:
             findings += _hits(f"a fake Slack {method} call", params, w.secrets)
     return findings
@@ -149,7 +149,8 @@ def _scan_files(root: Path, secrets: dict[str, str]) -> list[str]:
 
 
 def _install() -> None:
-    if getattr(LocalStack, "_secret_scan_installed", False):
+    global _installed
+    if _installed:
         return
     original_start, original_stop = LocalStack.start, LocalStack.stop
 
@@ -167,7 +168,7 @@ def _install() -> None:
         return original_stop(self)
 
     LocalStack.start, LocalStack.stop = start, stop
-    LocalStack._secret_scan_installed = True
+    _installed = True
 
 
 def pytest_configure(config) -> None:

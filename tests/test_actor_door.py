@@ -19,13 +19,13 @@ from hypothesis import strategies as st
 
 from bot.blocks import ids
 from bot.core.authz import is_user_id, outsider
-from bot.devtools.slack_signing import (
+from snapbot_local.slack.signing import (
     block_actions_body,
     button_press_body,
     slash_command_body,
     view_submission_body,
 )
-from bot.devtools.stack import LocalStack
+from snapbot_local.stack import LocalStack
 from storage import repositories as repo
 from storage.db import session_scope
 from storage.tables import RestoreRequest

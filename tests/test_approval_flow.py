@@ -1,6 +1,6 @@
 """Two-person restore approval end to end (SPEC §5), on SQLite and on PostgreSQL.
 
-Each test runs a whole snapbot on loopback (bot.devtools.stack.LocalStack): the real
+Each test runs a whole snapbot on loopback (snapbot_local.stack.LocalStack): the real
 app behind HTTP, requests signed as Slack signs them, the provider simulator over real
 HTTP and the fake Slack Web API. Assertions are on what people would see (the request
 message, its thread, ephemerals, the incident channel), on the provider's call log and
@@ -18,8 +18,8 @@ import pytest
 from sqlalchemy import update
 
 from bot.blocks import ids
-from bot.devtools.slack_signing import SlackClientSim, button_press_body
-from bot.devtools.stack import INCIDENT_CHANNEL, SIGNING_SECRET, VPS_TOKEN, LocalStack
+from snapbot_local.slack.signing import SlackClientSim, button_press_body
+from snapbot_local.stack import INCIDENT_CHANNEL, SIGNING_SECRET, VPS_TOKEN, LocalStack
 from storage import repositories as repo
 from storage.db import session_scope
 from storage.tables import AuditEvent, RestoreRequest

@@ -17,9 +17,9 @@ from sqlalchemy import select, text
 
 from bot.__main__ import main
 from bot.blocks import ids
-from bot.devtools.stack import INCIDENT_CHANNEL, LocalStack
 from bot.runtime import build_runtime
 from bot.watcher import Duties
+from snapbot_local.stack import INCIDENT_CHANNEL, LocalStack
 from storage import repositories as repo
 from storage.db import session_scope
 from storage.tables import AuditEvent, Outbox

@@ -39,14 +39,14 @@ import pytest
 from sqlalchemy import select
 
 from bot.blocks import ids
-from bot.devtools.slack_signing import (
+from bot.services import Actor
+from snapbot_local.slack.signing import (
     block_actions_body,
     button_press_body,
     slash_command_body,
     view_submission_body,
 )
-from bot.devtools.stack import LocalStack
-from bot.services import Actor
+from snapbot_local.stack import LocalStack
 from storage import repositories as repo
 from storage.db import session_scope
 from storage.tables import AuditEvent, RestoreRequest

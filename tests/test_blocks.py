@@ -1,5 +1,5 @@
 """Every Block Kit builder in bot/blocks/messages.py, on plain data, against the
-checks Slack applies (bot/devtools/blockkit_check): the normal case, the empty case,
+checks Slack applies (snapbot_local/slack/blockkit.py): the normal case, the empty case,
 and inputs far past Slack's limits (200 snapshots, 10,000-character names, reasons
 and descriptions, markup characters that escaping makes longer)."""
 
@@ -13,14 +13,14 @@ import pytest
 from bot.blocks import ids
 from bot.blocks import messages as msg
 from bot.core import commands as cmd
-from bot.devtools.blockkit_check import (
+from bot.vps.models import Server, Snapshot
+from snapbot_local.slack.blockkit import (
     MAX_BLOCKS_MESSAGE,
     MAX_SECTION_TEXT,
     message_warnings,
     validate_message_blocks,
     validate_view,
 )
-from bot.vps.models import Server, Snapshot
 from storage.tables import AuditEvent, RestoreRequest, Watch
 
 NOW = datetime(2025, 1, 27, 12, 0, tzinfo=UTC)

@@ -18,8 +18,8 @@ import pytest
 from sqlalchemy import select, update
 
 from bot.blocks import ids
-from bot.devtools.slack_signing import block_actions_body, button_press_body
-from bot.devtools.stack import INCIDENT_CHANNEL, LocalStack
+from snapbot_local.slack.signing import block_actions_body, button_press_body
+from snapbot_local.stack import INCIDENT_CHANNEL, LocalStack
 from storage import repositories as repo
 from storage.db import session_scope
 from storage.tables import Outbox, RestoreRequest

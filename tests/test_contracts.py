@@ -25,16 +25,16 @@ from bot.blocks import ids
 from bot.blocks import messages as msg
 from bot.config import Settings
 from bot.core import commands as cmd
-from bot.devtools.slack_signing import (
-    block_actions_body,
-    slash_command_body,
-    view_submission_body,
-)
-from bot.devtools.stack import LocalStack, serve_wsgi
 from bot.listeners.commands import COMMAND
 from bot.runtime import Runtime, build_runtime
 from bot.vps.models import Server, Snapshot
 from bot.web import WebApp
+from snapbot_local.slack.signing import (
+    block_actions_body,
+    slash_command_body,
+    view_submission_body,
+)
+from snapbot_local.stack import LocalStack, serve_wsgi
 from storage.tables import AuditEvent, RestoreRequest
 from tests.conftest import wait_until
 from tests.e2e_helpers import wait_for_ephemeral
@@ -376,3 +376,82 @@ def test_the_layering_walk_sees_absolute_relative_and_nested_imports():
     )
     found = imports_in(probe, "bot.core")
     assert {"httpx", "bot.vps.client", "bot.core.errors", "storage.db"} <= found
+
+
+# -- the offline stack stays out of production -------------------------------------------------
+
+OFFLINE = "snapbot_local"
+# The CLI's functions that may load the offline stack: `snapbot demo`, `shell`, `vps-sim`.
+OFFLINE_LOADERS = {"bot/__main__.py": {"demo", "shell", "vps_sim"}}
+
+
+def offline_imports(source: str, package: str, allowed: set[str] = frozenset()) -> list[str]:
+    """Where a module imports the offline stack (or names it to importlib/__import__),
+    as "function: module", except inside the top-level functions named in ``allowed``."""
+    tree = ast.parse(source)
+    exempt: set[int] = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name in allowed:
+            exempt.update(id(inner) for inner in ast.walk(node))
+    found = []
+    for node in ast.walk(tree):
+        if id(node) in exempt:
+            continue
+        names: set[str] = set()
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            names = imports_in(ast.unparse(node), package)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            names = {node.value} if node.value.split(".")[0] == OFFLINE else set()
+        found += [
+            f"line {node.lineno}: {name}"
+            for name in sorted(names)
+            if name == OFFLINE or name.startswith(OFFLINE + ".")
+        ]
+    return found
+
+
+def test_no_production_module_imports_the_offline_stack():
+    problems = {}
+    for folder in ("bot", "storage"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            relative = path.relative_to(ROOT).as_posix()
+            package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+            found = offline_imports(
+                path.read_text(encoding="utf-8"), package, OFFLINE_LOADERS.get(relative, set())
+            )
+            if found:
+                problems[relative] = found
+    assert problems == {}
+
+
+def test_the_cli_loads_the_offline_stack_in_its_three_subcommands():
+    source = (ROOT / "bot" / "__main__.py").read_text(encoding="utf-8")
+    assert offline_imports(source, "bot") != []  # the walk sees them ...
+    assert offline_imports(source, "bot", OFFLINE_LOADERS["bot/__main__.py"]) == []  # ... there
+
+
+def test_the_offline_walk_sees_every_way_of_loading_it():
+    probe = (
+        "import snapbot_local\n"
+        "from snapbot_local.slack import FakeSlack\n"
+        "def demo():\n"
+        "    from snapbot_local import demo\n"
+        "def helper():\n"
+        "    import snapbot_local.provider as p\n"
+        "    importlib.import_module('snapbot_local.stack')\n"
+        "class C:\n"
+        "    def demo(self):\n"
+        "        from snapbot_local import shell\n"
+    )
+    found = offline_imports(probe, "bot", {"demo"})
+    lines = {f.split(":")[0] for f in found}
+    assert lines == {"line 1", "line 2", "line 6", "line 7", "line 10"}, found
+    assert not any(f.startswith("line 4") for f in found)
+
+
+def test_the_offline_stack_is_installed_as_its_own_package():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    include = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert "snapbot_local*" in include
+    assert pyproject["project"]["scripts"]["snapbot"] == "bot.__main__:main"
+    assert not (ROOT / "bot" / "devtools").exists()

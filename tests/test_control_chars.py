@@ -15,9 +15,9 @@ import pytest
 from sqlalchemy import select
 
 from bot.blocks import ids
-from bot.devtools.slack_signing import block_actions_body, view_submission_body
-from bot.devtools.stack import LocalStack
 from bot.listeners import inbound
+from snapbot_local.slack.signing import block_actions_body, view_submission_body
+from snapbot_local.stack import LocalStack
 from storage.db import session_scope
 from storage.tables import AuditEvent, Job
 from tests.conftest import wait_until

@@ -15,11 +15,11 @@ import httpx
 from slack_sdk import WebClient
 
 from bot.config import ENV_VARS
-from bot.demo import STEPS, Story, play
-from bot.devtools.fake_slack import FakeSlack
-from bot.devtools.slack_signing import SlackClientSim, slash_command_body
-from bot.devtools.stack import SIGNING_SECRET, VPS_TOKEN, LocalStack
-from bot.devtools.transcript import Names, UserAction, mark, mrkdwn_to_text, render_channel
+from snapbot_local.demo import STEPS, Story, play
+from snapbot_local.slack import FakeSlack
+from snapbot_local.slack.signing import SlackClientSim, slash_command_body
+from snapbot_local.stack import SIGNING_SECRET, VPS_TOKEN, LocalStack
+from snapbot_local.transcript import Names, UserAction, mark, mrkdwn_to_text, render_channel
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK_START = [

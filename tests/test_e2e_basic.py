@@ -1,7 +1,7 @@
 import pytest
 
 from bot.blocks import ids
-from bot.devtools.stack import LocalStack
+from snapbot_local.stack import LocalStack
 from tests.conftest import wait_until
 from tests.e2e_helpers import (
     fresh,

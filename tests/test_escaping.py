@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from bot.blocks import ids
 from bot.blocks import messages as msg
 from bot.blocks.format import escape, unescape
-from bot.devtools.stack import INCIDENT_CHANNEL, LocalStack
 from bot.vps.models import Server, Snapshot
+from snapbot_local.stack import INCIDENT_CHANNEL, LocalStack
 from tests.conftest import wait_until
 
 # What a hostile name, reason or provider sentence carries: each would ping, mention or

@@ -17,10 +17,10 @@ import pytest
 from sqlalchemy import text
 
 from bot.blocks import ids
-from bot.devtools.stack import INCIDENT_CHANNEL, VPS_TOKEN, LocalStack
 from bot.vps import VpsBadRequest, VpsClient, VpsUnavailable
 from bot.vps.client import MAX_ANSWER_BYTES
-from bot.vps.simulator import SimHandle, start_simulator
+from snapbot_local.provider import SimHandle, start_simulator
+from snapbot_local.stack import INCIDENT_CHANNEL, VPS_TOKEN, LocalStack
 from tests.conftest import wait_until
 
 TOKEN = "evil-provider-test-token-0123456789"

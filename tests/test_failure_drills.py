@@ -28,18 +28,18 @@ from sqlalchemy import create_engine, select, text
 
 from bot.audit_tools import verify
 from bot.blocks import ids
-from bot.devtools.fake_slack import FakeSlack
-from bot.devtools.slack_signing import (
+from bot.services import Actor, Services, make_slack_client
+from bot.vps.client import VpsClient
+from bot.worker import JOB_THREADS
+from snapbot_local.provider import SimHandle, SimServer, start_simulator
+from snapbot_local.slack import FakeSlack
+from snapbot_local.slack.signing import (
     SlackClientSim,
     button_press_body,
     sign,
     slash_command_body,
 )
-from bot.devtools.stack import BOT_TOKEN, INCIDENT_CHANNEL, SIGNING_SECRET, VPS_TOKEN, LocalStack
-from bot.services import Actor, Services, make_slack_client
-from bot.vps.client import VpsClient
-from bot.vps.simulator import SimHandle, SimServer, start_simulator
-from bot.worker import JOB_THREADS
+from snapbot_local.stack import BOT_TOKEN, INCIDENT_CHANNEL, SIGNING_SECRET, VPS_TOKEN, LocalStack
 from storage import repositories as repo
 from storage.db import make_engine, normalise_url, session_scope
 from storage.tables import Approval, AuditEvent, Job, Lease, RestoreRequest

@@ -18,13 +18,13 @@ from slack_sdk.models.blocks import ActionsBlock, ButtonElement, ConfirmObject, 
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.webhook import WebhookClient
 
-from tests.fakes.blockkit import (
+from snapbot_local.slack import FakeSlack
+from snapbot_local.slack.blockkit import (
     assert_valid_message_blocks,
     validate_message_blocks,
     validate_view,
 )
-from tests.fakes.slack_api import FakeSlack
-from tests.fakes.slack_signing import (
+from snapbot_local.slack.signing import (
     SlackClientSim,
     block_actions_body,
     button_press_body,

@@ -34,14 +34,14 @@ from sqlalchemy import text
 
 from bot.blocks import ids
 from bot.core import commands as cmd
-from bot.devtools.slack_signing import (
+from bot.listeners import inbound
+from snapbot_local.slack.signing import (
     block_actions_body,
     sign,
     slash_command_body,
     view_submission_body,
 )
-from bot.devtools.stack import SIGNING_SECRET, LocalStack
-from bot.listeners import inbound
+from snapbot_local.stack import SIGNING_SECRET, LocalStack
 from storage import repositories as repo
 from storage.db import session_scope
 from tests.conftest import wait_until

@@ -19,10 +19,10 @@ import pytest
 from alembic import command
 
 from bot.blocks import ids
-from bot.devtools.fake_slack import FakeSlack
-from bot.devtools.slack_signing import SlackClientSim, button_press_body, slash_command_body
-from bot.devtools.stack import BOT_TOKEN, INCIDENT_CHANNEL, SIGNING_SECRET, VPS_TOKEN, LocalStack
-from bot.vps.simulator import start_simulator
+from snapbot_local.provider import start_simulator
+from snapbot_local.slack import FakeSlack
+from snapbot_local.slack.signing import SlackClientSim, button_press_body, slash_command_body
+from snapbot_local.stack import BOT_TOKEN, INCIDENT_CHANNEL, SIGNING_SECRET, VPS_TOKEN, LocalStack
 from storage import repositories as repo
 from storage.db import alembic_config, make_engine, migrate, session_scope
 from storage.tables import AuditEvent, RestoreRequest

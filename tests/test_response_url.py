@@ -18,9 +18,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from slack_sdk import WebClient
 
-from bot.devtools.slack_signing import slash_command_body
-from bot.devtools.stack import BOT_TOKEN, LocalStack
 from bot.outbox import Outbox, trusted_response_url
+from snapbot_local.slack.signing import slash_command_body
+from snapbot_local.stack import BOT_TOKEN, LocalStack
 from storage.db import session_scope
 from tests.conftest import wait_until
 

@@ -18,17 +18,17 @@ from sqlalchemy import inspect, text
 
 from bot.blocks import ids
 from bot.config import Settings
-from bot.devtools.fake_slack import FakeSlack
-from bot.devtools.slack_signing import SlackClientSim, slash_command_body
-from bot.devtools.stack import LocalStack, serve_wsgi
 from bot.logs import LineFormatter, ScrubFilter, event_line, register_secret
 from bot.runtime import build_runtime
 from bot.services import make_slack_client
 from bot.user_messages import describe
 from bot.vps.client import VpsClient
 from bot.vps.errors import VpsError
-from bot.vps.simulator import start_simulator
 from bot.web import WebApp
+from snapbot_local.provider import start_simulator
+from snapbot_local.slack import FakeSlack
+from snapbot_local.slack.signing import SlackClientSim, slash_command_body
+from snapbot_local.stack import LocalStack, serve_wsgi
 from storage.db import make_engine
 from tests.conftest import wait_until
 from tests.e2e_helpers import request_message, restore_calls, wait_for_ephemeral

@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-from bot.shell import run_shell
+from snapbot_local.shell import run_shell
 from tests.test_demo import clean_env
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bot.vps import simulator
-from bot.vps.simulator import (
+from snapbot_local import provider as simulator
+from snapbot_local.provider import (
     CREATE_MESSAGE,
     FILTER_INVALID,
     INVALID_TOKEN,
@@ -479,6 +479,48 @@ def test_stopping_the_simulator_releases_what_it_holds() -> None:
     assert held.released and not caller.is_alive() and len(outcome) == 1
 
 
+# ---- seeding ----------------------------------------------------------------------------------
+
+
+def test_seeded_servers_and_snapshots_are_what_the_api_answers(
+    sim: SimHandle, api: httpx.Client
+) -> None:
+    state = sim.state
+    base = state.now()
+    state.seed_server(50001, "seeded <b>server</b>")
+    state.seed_snapshot(
+        50001,
+        "in flight",
+        snapshot_id=9001,
+        status="in_progress",
+        size_mb=None,
+        created_at=base,
+        completes_at=base + 60,
+    )
+    done = state.seed_snapshot(50001, "done", description="seeded", size_mb=1234)
+    assert done == 9002  # ids go on above every seeded one
+    server = api.get("servers/50001/").json()
+    assert server == {"id": 50001, "name": "seeded <b>server</b>", "status": "running"}
+    listed = {
+        s["id"]: s for s in api.get("snapshots/", params={"server_id": 50001}).json()["results"]
+    }
+    assert set(listed) == {9001, 9002}
+    assert listed[9001]["status"] == "in_progress" and listed[9001]["size_mb"] is None
+    assert listed[9001]["server"] == {"id": 50001, "name": "seeded <b>server</b>"}
+    assert listed[9002]["status"] == "completed" and listed[9002]["size_mb"] == 1234
+    assert listed[9002]["description"] == "seeded"
+    state.advance(61)  # a seeded in-progress snapshot completes when it said it would
+    after = api.get("snapshots/", params={"server_id": 50001}).json()["results"]
+    flown = next(s for s in after if s["id"] == 9001)
+    assert flown["status"] == "completed" and flown["size_mb"] > 0
+    assert create(api, server_id=50001, name="next").json()["id"] == 9003
+
+
+def test_seeding_a_snapshot_on_an_unknown_server_is_refused(sim: SimHandle) -> None:
+    with pytest.raises(simulator.SimError):
+        sim.state.seed_snapshot(424242, "orphan")
+
+
 def test_fail_snapshot_ends_it_failed_and_vanish_removes_it(
     sim: SimHandle, api: httpx.Client
 ) -> None:
@@ -583,7 +625,7 @@ def test_main_serves_until_sigterm_and_never_prints_the_token() -> None:
     secret = "very-secret-token-123"
     env = {**os.environ, "VPS_API_TOKEN": secret, "PORT": "0", "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "bot.vps.simulator"],
+        [sys.executable, "-m", "snapbot_local.provider"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

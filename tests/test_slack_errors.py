@@ -25,16 +25,16 @@ from bot.blocks import ids
 from bot.blocks import messages as msg
 from bot.core import view_metadata as vm
 from bot.core.conversations import is_direct_message
-from bot.devtools.fake_slack import FakeSlack
-from bot.devtools.slack_signing import (
+from bot.outbox import is_transient
+from snapbot_local.slack import FakeSlack
+from snapbot_local.slack.signing import (
     block_actions_body,
     button_press_body,
     find_button,
     slash_command_body,
     view_submission_body,
 )
-from bot.devtools.stack import INCIDENT_CHANNEL, LocalStack
-from bot.outbox import is_transient
+from snapbot_local.stack import INCIDENT_CHANNEL, LocalStack
 from storage import repositories as repo
 from storage.db import make_engine, migrate, session_scope
 from storage.tables import Job

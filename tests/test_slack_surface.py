@@ -14,16 +14,16 @@ import pytest
 from sqlalchemy import func, select
 
 from bot.blocks import ids
-from bot.devtools.blockkit_check import validate_message_blocks
-from bot.devtools.slack_signing import (
+from bot.services import Actor
+from snapbot_local.slack.blockkit import validate_message_blocks
+from snapbot_local.slack.signing import (
     button_press_body,
     find_button,
     sign,
     slash_command_body,
     view_submission_body,
 )
-from bot.devtools.stack import LocalStack
-from bot.services import Actor
+from snapbot_local.stack import LocalStack
 from storage import repositories as repo
 from storage.db import session_scope
 from storage.tables import AuditEvent, Job, SlackDelivery, Watch

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from bot.devtools.fake_slack import FakeSlack
-from bot.devtools.slack_signing import sign, slash_command_body
-from bot.vps.simulator import start_simulator
+from snapbot_local.provider import start_simulator
+from snapbot_local.slack import FakeSlack
+from snapbot_local.slack.signing import sign, slash_command_body
 from tests.procs import start_web, wait_until
 
 pytestmark = pytest.mark.slow

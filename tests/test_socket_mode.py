@@ -1,7 +1,7 @@
 """Socket Mode end to end (SPEC 13.1): the real app (build_app, the same listeners as
 over HTTP) behind slack_bolt's SocketModeHandler, whose slack_sdk client asks the fake
 Slack's `apps.connections.open` for a URL and connects to its WebSocket endpoint
-(bot.devtools.socket_mode). Envelopes carry the same payloads the HTTP tests sign; the
+(snapbot_local.slack.socket_mode). Envelopes carry the same payloads the HTTP tests sign; the
 provider simulator runs over loopback HTTP and counts the restores."""
 
 from __future__ import annotations
@@ -21,15 +21,15 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from bot.blocks import ids
-from bot.devtools.fake_slack import FakeSlack
-from bot.devtools.slack_signing import (
+from snapbot_local.provider import start_simulator
+from snapbot_local.slack import FakeSlack
+from snapbot_local.slack.signing import (
     button_press_body,
     slash_command_body,
     view_submission_body,
 )
-from bot.devtools.socket_mode import socket_mode_payload
-from bot.devtools.stack import APP_TOKEN, BOT_TOKEN, VPS_TOKEN, LocalStack
-from bot.vps.simulator import start_simulator
+from snapbot_local.slack.socket_mode import socket_mode_payload
+from snapbot_local.stack import APP_TOKEN, BOT_TOKEN, VPS_TOKEN, LocalStack
 from storage import repositories as repo
 from storage.db import session_scope
 from storage.tables import Job, RestoreRequest, Watch

@@ -18,10 +18,10 @@ from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 
 from bot.config import ConfigError, Settings
-from bot.devtools.fake_slack import FakeSlack
 from bot.jobs import JobRunner
 from bot.runtime import build_runtime, check_startup
 from bot.services import utcnow
+from snapbot_local.slack import FakeSlack
 from tests.procs import ROOT, free_port, snapbot_env, start_web, wait_until
 
 PROCFILE_WEB = (ROOT / "Procfile").read_text(encoding="utf-8").split("web:", 1)[1].strip()
@@ -395,8 +395,8 @@ def test_a_database_outage_in_the_job_feeder_logs_once_backs_off_and_logs_recove
 
 
 def test_a_database_outage_in_the_background_duties_logs_once_and_logs_recovery(sqlite_url, caplog):
-    from bot.devtools.stack import LocalStack
     from bot.watcher import Duties
+    from snapbot_local.stack import LocalStack
 
     caplog.set_level(logging.INFO)
     with LocalStack(database_url=sqlite_url, start_duties=False) as stack:
@@ -505,7 +505,7 @@ def test_a_workspace_without_user_groups_is_named_at_start(fake_slack, tmp_path,
     ],
 )
 def test_a_refusal_through_a_group_slack_cannot_use_says_the_real_reason(sqlite_url, error, reason):
-    from bot.devtools.stack import LocalStack
+    from snapbot_local.stack import LocalStack
 
     with LocalStack(
         database_url=sqlite_url, settings_overrides={"snapshot_operators": frozenset({"S0GONE"})}
@@ -544,7 +544,7 @@ def post_incident(stack, text: str) -> None:
 def test_an_unreachable_incident_channel_is_said_loudly_once_and_shown_by_healthz_until_a_post_works(
     sqlite_url, caplog
 ):
-    from bot.devtools.stack import INCIDENT_CHANNEL, LocalStack
+    from snapbot_local.stack import INCIDENT_CHANNEL, LocalStack
 
     caplog.set_level(logging.INFO)
     with LocalStack(database_url=sqlite_url, start_duties=False) as stack:
@@ -571,7 +571,7 @@ def test_an_unreachable_incident_channel_is_said_loudly_once_and_shown_by_health
 
 
 def test_the_first_post_to_a_reachable_incident_channel_logs_nothing(sqlite_url, caplog):
-    from bot.devtools.stack import LocalStack
+    from snapbot_local.stack import LocalStack
 
     caplog.set_level(logging.INFO)
     with LocalStack(database_url=sqlite_url, start_duties=False) as stack:

@@ -28,7 +28,7 @@ from bot.vps import (
     VpsNotFound,
     VpsUnavailable,
 )
-from bot.vps.simulator import (
+from snapbot_local.provider import (
     CREATE_MESSAGE,
     LIMIT_REACHED,
     NAME_INVALID,

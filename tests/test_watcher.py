@@ -17,8 +17,8 @@ from sqlalchemy import func, select, update
 
 from bot.blocks import ids
 from bot.blocks.format import size
-from bot.devtools.stack import LocalStack
 from bot.watcher import MAX_SKIP, PROVIDER_ALERT_AFTER, STUCK_AFTER
+from snapbot_local.stack import LocalStack
 from storage import repositories as repo
 from storage.db import session_scope
 from storage.tables import Job, Outbox, Watch

@@ -17,10 +17,10 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from bot.devtools.fake_slack import FakeSlack
-from bot.devtools.slack_signing import SlackClientSim, slash_command_body
-from bot.devtools.stack import BOT_TOKEN, INCIDENT_CHANNEL, SIGNING_SECRET, VPS_TOKEN
-from bot.vps.simulator import start_simulator
+from snapbot_local.provider import start_simulator
+from snapbot_local.slack import FakeSlack
+from snapbot_local.slack.signing import SlackClientSim, slash_command_body
+from snapbot_local.stack import BOT_TOKEN, INCIDENT_CHANNEL, SIGNING_SECRET, VPS_TOKEN
 from storage import repositories as repo
 from storage.db import make_engine, session_scope
 from storage.tables import Lease, Watch

@@ -22,12 +22,12 @@ from sqlalchemy.exc import OperationalError
 
 from bot.__main__ import socket_mode_handler
 from bot.config import load_settings
-from bot.devtools.fake_slack import FakeSlack
-from bot.devtools.slack_signing import SlackClientSim, sign, slash_command_body
-from bot.devtools.stack import LocalStack, serve_wsgi
 from bot.runtime import build_runtime
-from bot.vps.simulator import start_simulator
 from bot.web import MAX_BODY_BYTES, WebApp
+from snapbot_local.provider import start_simulator
+from snapbot_local.slack import FakeSlack
+from snapbot_local.slack.signing import SlackClientSim, sign, slash_command_body
+from snapbot_local.stack import LocalStack, serve_wsgi
 from storage.db import make_engine, session_scope
 from tests.conftest import wait_until
 from tests.procs import HANG_GUARD_S, free_port, snapbot_env, start_web

@@ -22,7 +22,7 @@ app's own slack_sdk Socket Mode client connects to it as it would to Slack's
         envelope = socket.deliver(slash_command_body("list"))
         assert socket.wait_ack(envelope).payload == {"text": "Listing snapshots…"}
 
-`deliver()` takes the bodies bot.devtools.slack_signing builds for HTTP and sends
+`deliver()` takes the bodies snapbot_local.slack.signing builds for HTTP and sends
 their parsed content, so both transports carry the same fields.
 """
 
@@ -54,7 +54,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-DEFAULT_APP_ID = "AFAKEAPP"  # bot.devtools.slack_signing.DEFAULT_API_APP_ID
+DEFAULT_APP_ID = "AFAKEAPP"  # snapbot_local.slack.signing.DEFAULT_API_APP_ID
 # Slack closes a connection about 10 s after telling the client to reconnect.
 DISCONNECT_GRACE_SECONDS = 10.0
 # Which envelope types Slack lets the ack carry a response for (a slash command's
@@ -204,7 +204,7 @@ class FakeSocketMode:
         envelope_id: str | None = None,
         timeout: float = 10.0,
     ) -> Envelope:
-        """Send what Slack would POST over HTTP as ``body`` (bot.devtools.slack_signing
+        """Send what Slack would POST over HTTP as ``body`` (snapbot_local.slack.signing
         builds those) as an envelope on the app's newest open connection, waiting up to
         ``timeout`` for one."""
         kind, payload = socket_mode_payload(body)

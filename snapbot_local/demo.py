@@ -1,7 +1,7 @@
 """`snapbot demo`: an incident, played end to end on the real code paths, offline.
 
 It starts the provider simulator, the loopback Slack stand-in and the real app over
-HTTP with a temporary SQLite database (bot/devtools/stack.py), then plays a story
+HTTP with a temporary SQLite database (snapbot_local/stack.py), then plays a story
 through requests signed exactly as Slack signs them. Every step checks what a person
 would see; the first that does not behave stops the demo with exit status 1, so CI
 runs it as a smoke test. Then it prints #ops and #incidents as a transcript.
@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.blocks import ids
-from bot.devtools.slack_signing import button_press_body
-from bot.devtools.stack import INCIDENT_CHANNEL, SIGNING_SECRET, LocalStack, settings_from_env
-from bot.devtools.transcript import (
+from snapbot_local.slack.signing import button_press_body
+from snapbot_local.stack import INCIDENT_CHANNEL, SIGNING_SECRET, LocalStack, settings_from_env
+from snapbot_local.transcript import (
     Names,
     UserAction,
     buttons_of,
@@ -442,7 +442,7 @@ def _keep_running(stack: LocalStack, out: Callable[[str], None]) -> None:
     for label, value in rows:
         out(f"  {label:<20}{value}")
     out(
-        "Send it signed requests with bot.devtools.slack_signing.SlackClientSim(URL, secret); "
+        "Send it signed requests with snapbot_local.slack.signing.SlackClientSim(URL, secret); "
         "the transcript above is the fake Slack's state."
     )
     out("Ctrl-C (or SIGTERM) stops it and deletes the database.")

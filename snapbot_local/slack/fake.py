@@ -16,12 +16,12 @@ what a user would see rather than on mocks:
         assert fake.messages("C1")[0].text == "hi"
         assert fake.invalid_payloads == []
 
-Every Block Kit payload is checked with `bot.devtools.blockkit_check`; one Slack
+Every Block Kit payload is checked with `snapbot_local.slack.blockkit`; one Slack
 would refuse is answered `invalid_blocks` and kept in `fake.invalid_payloads`.
 
 `fake.socket_mode()` turns Socket Mode on: `apps.connections.open` (with an app-level
 `xapp-` token) then hands out URLs of a loopback WebSocket endpoint
-(bot.devtools.socket_mode) that delivers envelopes to the app. Without it the method
+(snapbot_local.slack.socket_mode) that delivers envelopes to the app. Without it the method
 answers `unknown_method`, as for an app that has no Socket Mode.
 
 Standard library and slack_sdk only (websockets for Socket Mode): the installed package
@@ -48,10 +48,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
-from bot.devtools.blockkit_check import message_warnings, validate_message_blocks, validate_view
+from snapbot_local.slack.blockkit import message_warnings, validate_message_blocks, validate_view
 
 if TYPE_CHECKING:
-    from bot.devtools.socket_mode import FakeSocketMode
+    from snapbot_local.slack.socket_mode import FakeSocketMode
 
 __all__ = [
     "DEFAULT_BOT_USER_ID",
@@ -353,7 +353,7 @@ class FakeSlack:
     def socket_mode(self) -> FakeSocketMode:
         """Turn Socket Mode on (once) and return its WebSocket endpoint; stopped with
         the fake. Any `xapp-` token opens a connection (`valid_tokens` restricts them)."""
-        from bot.devtools.socket_mode import FakeSocketMode  # websockets: only if asked
+        from snapbot_local.slack.socket_mode import FakeSocketMode  # websockets: only if asked
 
         with self._lock:
             if self._socket_mode is None:
@@ -455,6 +455,12 @@ class FakeSlack:
     def calls(self, method: str | None = None) -> list[Call]:
         with self._lock:
             return [copy.deepcopy(c) for c in self._calls if method is None or c.method == method]
+
+    def calls_since(self, start: int) -> list[Call]:
+        """The calls recorded after the first `start`, oldest first, not copied (cheap for
+        a scan after every test): read them, do not change them."""
+        with self._lock:
+            return self._calls[start:]
 
     def messages(self, channel: str | None = None) -> list[Message]:
         """Messages as they now stand, in posting order (thread replies included)."""

@@ -5,7 +5,7 @@ the end-to-end tests drive it with requests signed exactly as Slack signs them.
 With ``LocalStack(socket_mode=True)`` the same app runs in Socket Mode instead: no HTTP
 server; slack_bolt's SocketModeHandler (as `snapbot serve` starts it when
 SLACK_APP_TOKEN is set) connects to the fake Slack's WebSocket endpoint
-(bot.devtools.socket_mode), and a SlackUser's commands and presses go there as envelopes.
+(snapbot_local.slack.socket_mode), and a SlackUser's commands and presses go there as envelopes.
 """
 
 from __future__ import annotations
@@ -24,18 +24,18 @@ import httpx
 from slack_bolt.adapter.socket_mode import SocketModeHandler
 
 from bot.config import Settings, load_settings
-from bot.devtools.fake_slack import FakeSlack
-from bot.devtools.slack_signing import (
+from bot.runtime import Runtime, build_runtime
+from bot.services import Actor
+from bot.web import WebApp
+from snapbot_local.provider import SimHandle, start_simulator
+from snapbot_local.slack import FakeSlack
+from snapbot_local.slack.signing import (
     SlackClientSim,
     button_press_body,
     slash_command_body,
     view_submission_body,
 )
-from bot.devtools.socket_mode import Ack, FakeSocketMode
-from bot.runtime import Runtime, build_runtime
-from bot.services import Actor
-from bot.vps.simulator import SimHandle, start_simulator
-from bot.web import WebApp
+from snapbot_local.slack.socket_mode import Ack, FakeSocketMode
 from storage import repositories as repo
 from storage.db import session_scope
 

@@ -38,7 +38,7 @@ snapshot listed again on another server (`duplicate_ids`). `add_server` and
 `add_snapshot` seed servers and snapshots with any name (markup included), which the
 API's own create refuses.
 
-Run it alone with `python -m bot.vps.simulator` (the CLI wires it as `snapbot vps-sim`).
+Run it alone with `python -m snapbot_local.provider` (the CLI wires it as `snapbot vps-sim`).
 """
 
 from __future__ import annotations
@@ -369,10 +369,51 @@ class SimState:
 
     # ---- seeding and the evil provider ----------------------------------------------
 
-    def add_server(self, server_id: int, name: str) -> None:
-        """A server with any name (markup, quotes, emoji), without snapshots."""
+    def seed_server(self, server_id: int, name: str) -> None:
+        """A server with any name (markup, quotes, emoji), without snapshots; one with the
+        same id is replaced (its snapshots stay)."""
         with self._lock:
             self._servers[int(server_id)] = _Server(int(server_id), str(name))
+
+    def seed_snapshot(
+        self,
+        server_id: int,
+        name: str,
+        *,
+        snapshot_id: int | None = None,
+        description: str | None = None,
+        status: str = "completed",
+        size_mb: int | None = 2048,
+        created_at: float | None = None,
+        completes_at: float | None = None,
+    ) -> int:
+        """A snapshot with any id, name, description or status; its id. Unlike the API's
+        create, no name rule or per-server limit applies. ``created_at`` defaults to now
+        (simulator time); with ``completes_at`` an ``in_progress`` snapshot completes then
+        (with a plausible size), as one the API created; later creates take ids above
+        every seeded one."""
+        with self._lock:
+            server_id = int(server_id)
+            if server_id not in self._servers:
+                raise SimError(404, f"Server {server_id} does not exist.")
+            ident = self._next_id if snapshot_id is None else int(snapshot_id)
+            snap = _Snapshot(
+                id=ident,
+                server_id=server_id,
+                name=name,
+                description=description,
+                created_at=self.now() if created_at is None else float(created_at),
+                completes_at=completes_at,
+                size_mb=size_mb,
+                status=status,
+            )
+            self._next_id = max(self._next_id, ident + 1)
+            self._snapshots[ident] = snap
+            return ident
+
+    def add_server(self, server_id: int, name: str) -> None:
+        """`seed_server`, by its older name."""
+        self.seed_server(server_id, name)
 
     def add_snapshot(
         self,
@@ -383,24 +424,10 @@ class SimState:
         status: str = "completed",
         size_mb: int | None = 2048,
     ) -> int:
-        """A snapshot with any name, description or status, taken now; its new id.
-        Unlike the API's create, no name rule or per-server limit applies."""
-        with self._lock:
-            if server_id not in self._servers:
-                raise SimError(404, f"Server {server_id} does not exist.")
-            snap = _Snapshot(
-                id=self._next_id,
-                server_id=server_id,
-                name=name,
-                description=description,
-                created_at=self.now(),
-                completes_at=None,
-                size_mb=size_mb,
-                status=status,
-            )
-            self._next_id += 1
-            self._snapshots[snap.id] = snap
-            return snap.id
+        """A snapshot taken now with the next id (`seed_snapshot` without its options)."""
+        return self.seed_snapshot(
+            server_id, name, description=description, status=status, size_mb=size_mb
+        )
 
     def huge_answer(self, size: int) -> None:
         """Every API answer becomes a JSON document of `size` bytes, sent without a

@@ -25,10 +25,10 @@ import sys
 from collections.abc import Callable
 from typing import TextIO
 
-from bot.demo import ack_body, local_stack, quiet_logs
-from bot.devtools.slack_signing import find_button
-from bot.devtools.stack import INCIDENT_CHANNEL, LocalStack, SlackUser
-from bot.devtools.transcript import BOT_NAME, Feed, Names, render_blocks, speaker
+from snapbot_local.demo import ack_body, local_stack, quiet_logs
+from snapbot_local.slack.signing import find_button
+from snapbot_local.stack import INCIDENT_CHANNEL, LocalStack, SlackUser
+from snapbot_local.transcript import BOT_NAME, Feed, Names, render_blocks, speaker
 
 OPS = "C1"
 ANSWER_TIMEOUT = 15.0

@@ -1,1 +1,0 @@
-from bot.devtools.fake_slack import *  # noqa: F403  (the implementation ships in the package)

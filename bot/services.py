@@ -27,8 +27,43 @@ from slack_sdk.http_retry.builtin_handlers import (
 from sqlalchemy import Engine
 
 from bot.blocks import ids
-from bot.blocks import messages as msg
+from bot.blocks.answers import error_message, error_mrkdwn, text_message
+from bot.blocks.audit import audit_list
 from bot.blocks.format import age, mention
+from bot.blocks.help import usage_message
+from bot.blocks.notices import (
+    checkpoint_notice,
+    request_approved_notice,
+    request_decided_notice,
+    request_opened_notice,
+    request_unposted_notice,
+    restore_outcome_notice,
+)
+from bot.blocks.pending import pending_list
+from bot.blocks.refusals import (
+    cannot_post,
+    click_not_on_request,
+    delete_taken,
+    not_in_a_dm,
+    request_already_open,
+    turned_away,
+)
+from bot.blocks.restore import (
+    request_decided_note,
+    request_unposted,
+    restore_outcome_note,
+    restore_request,
+    restore_unfollowed_note,
+)
+from bot.blocks.snapshots import (
+    CREATE_ESTIMATE,
+    RUNNING_SERVER_ADVICE,
+    create_message,
+    create_modal,
+    delete_prompt,
+    limit_reached,
+    snapshot_list,
+)
 from bot.config import Settings
 from bot.core import approval, authz, conversations, view_metadata
 from bot.core import commands as cmd
@@ -333,7 +368,7 @@ class Services:
         self.outbox.flush([mid])
 
     def notify_incident(self, session, notice: dict, *, key: str | None = None) -> int | None:
-        """Post a notice built in bot/blocks/messages.py to the incident channel, if any."""
+        """Post a notice built in bot/blocks/notices.py to the incident channel, if any."""
         if not self.settings.incident_channel:
             return None
         return self.outbox.post(session, self.settings.incident_channel, notice, key=key)
@@ -354,7 +389,7 @@ class Services:
                 f"{ctx.kind}.crash",
                 "error",
                 detail=type(exc).__name__,
-                answer=msg.error_message(describe(exc)),
+                answer=error_message(describe(exc)),
             )
 
     def may_operate(self, actor: Actor) -> bool:
@@ -371,7 +406,7 @@ class Services:
             "denied",
             target=target,
             detail="not an operator",
-            answer=msg.error_mrkdwn(str(err) + self.groups.unread_note(allowed)),
+            answer=error_mrkdwn(str(err) + self.groups.unread_note(allowed)),
         )
 
     def _refused_in_dm(self, actor: Actor, action: str, what: str, *, target: str = "") -> bool:
@@ -385,7 +420,7 @@ class Services:
             "denied",
             target=target,
             detail="direct message",
-            answer=msg.error_message(msg.not_in_a_dm(what)),
+            answer=error_message(not_in_a_dm(what)),
         )
         return True
 
@@ -411,7 +446,7 @@ class Services:
             "error",
             target=target,
             detail=describe(exc),
-            answer=msg.error_message(describe(exc)) if answer else None,
+            answer=error_message(describe(exc)) if answer else None,
         )
 
     # ------------------------------------------------------------------ the door (SPEC 13.5, 14.3)
@@ -472,7 +507,7 @@ class Services:
                 detail=f"turned away at the door: {_printable(why, 200)}",
                 # Without a response_url the answer is an ephemeral: only to a real
                 # user in a known channel.
-                answer=msg.turned_away(
+                answer=turned_away(
                     why,
                     another_org=authz.is_user_id(actor.user),
                     install_unknown=why == UNKNOWN_INSTALL,
@@ -529,10 +564,10 @@ class Services:
                 "command.invalid",
                 "denied",
                 detail=command.message,
-                answer=msg.usage_message(cmd.USAGE, command.message),
+                answer=usage_message(cmd.USAGE, command.message),
             )
         else:
-            self.record(actor, "command.help", "ok", answer=msg.usage_message(cmd.USAGE))
+            self.record(actor, "command.help", "ok", answer=usage_message(cmd.USAGE))
 
     def list_snapshots(
         self, actor: Actor, server: cmd.ServerRef | None, *, fresh_since: datetime | None = None
@@ -557,7 +592,7 @@ class Services:
             "ok",
             target=target,
             detail=f"{len(snaps)} snapshot(s)",
-            answer=msg.snapshot_list(snaps, self.clock(), scope=scope),
+            answer=snapshot_list(snaps, self.clock(), scope=scope),
         )
 
     def _resolve(self, server: cmd.ServerRef):
@@ -579,7 +614,7 @@ class Services:
         try:
             opened = self.slack.views_open(
                 trigger_id=actor.trigger_id,
-                view=msg.create_modal(
+                view=create_modal(
                     metadata=self.seal_opener(actor), servers=None, note="Loading servers…"
                 ),
             )
@@ -589,7 +624,7 @@ class Services:
                 "snapshot.create_modal",
                 "error",
                 detail=str(exc)[:200],
-                answer=msg.error_message(
+                answer=error_message(
                     "Slack did not open the form in time. Use "
                     "`/snapshot create <server> <name> [description]` instead."
                 ),
@@ -610,7 +645,7 @@ class Services:
         try:
             self.slack.views_update(
                 view_id=view_id,
-                view=msg.create_modal(metadata=self.seal_opener(actor), servers=servers, note=note),
+                view=create_modal(metadata=self.seal_opener(actor), servers=servers, note=note),
             )
         except (SlackApiError, SlackClientError, OSError) as exc:
             log.info("could not fill the create modal: %s", exc)
@@ -625,7 +660,7 @@ class Services:
                 "snapshot.create",
                 "denied",
                 detail="invalid server",
-                answer=msg.error_message(server.message),
+                answer=error_message(server.message),
             )
             return
         self.create_snapshot(
@@ -654,7 +689,7 @@ class Services:
                 "denied",
                 target=target,
                 detail="invalid name",
-                answer=msg.error_message(problem),
+                answer=error_message(problem),
             )
             return
         if ctx.progress.get("create_sent"):
@@ -677,7 +712,7 @@ class Services:
                 "denied",
                 target=target,
                 detail="name taken",
-                answer=msg.error_message(f"Server {srv_name} already has a snapshot named {name}."),
+                answer=error_message(f"Server {srv_name} already has a snapshot named {name}."),
             )
             return
         if len(existing) >= SNAPSHOT_LIMIT:
@@ -689,7 +724,7 @@ class Services:
                 "denied",
                 target=target,
                 detail="limit reached",
-                answer=msg.limit_reached(str(err), oldest.id, oldest.name),
+                answer=limit_reached(str(err), oldest.id, oldest.name),
             )
             return
         # The channel message first: it is where the result will be threaded, and a
@@ -699,7 +734,7 @@ class Services:
             mid = self.outbox.post(
                 s,
                 actor.channel,
-                msg.create_message(
+                create_message(
                     server_name=srv_name,
                     server_id=srv.id,
                     name=name,
@@ -716,7 +751,7 @@ class Services:
                 "error",
                 target=target,
                 detail=delivery.error,
-                answer=msg.error_mrkdwn(msg.cannot_post(delivery.error, actor.channel)),
+                answer=error_mrkdwn(cannot_post(delivery.error, actor.channel)),
             )
             return
         ctx.save(
@@ -733,7 +768,7 @@ class Services:
                 self.outbox.update(
                     s,
                     actor.channel,
-                    msg.create_message(
+                    create_message(
                         server_name=srv_name,
                         server_id=srv.id,
                         name=name,
@@ -751,7 +786,7 @@ class Services:
                     response_url=actor.response_url,
                     channel=actor.channel,
                     user=actor.user,
-                    message=msg.error_message(describe(exc)),
+                    message=error_message(describe(exc)),
                 )
             self.outbox.flush([mid])
             self.outbox.pump()
@@ -759,7 +794,7 @@ class Services:
         self._watch_created(actor, snap, srv_name, parent_key)
 
     def _watch_created(self, actor: Actor, snap: Snapshot, srv_name: str, parent_key: str) -> None:
-        detail = f"{snap.message or msg.CREATE_ESTIMATE} {msg.RUNNING_SERVER_ADVICE}"
+        detail = f"{snap.message or CREATE_ESTIMATE} {RUNNING_SERVER_ADVICE}"
         with session_scope(self.engine) as s:
             if repo.snapshot_watch(s, snapshot_id=snap.id) is not None:
                 # A resumed job whose first run got this far before dying: the snapshot
@@ -785,7 +820,7 @@ class Services:
             mid = self.outbox.update(
                 s,
                 actor.channel,
-                msg.create_message(
+                create_message(
                     server_name=srv_name,
                     server_id=snap.server.id,
                     name=snap.name,
@@ -826,7 +861,7 @@ class Services:
                 "snapshot.create",
                 "error",
                 detail="interrupted before the provider answered",
-                answer=msg.error_message(
+                answer=error_message(
                     f"snapbot restarted while creating {p['name']}; the provider has no such snapshot, "
                     "so nothing was created. Run the command again."
                 ),
@@ -860,7 +895,7 @@ class Services:
                 "error",
                 target=f"snapshot:{snapshot_id}",
                 detail="not found",
-                answer=msg.error_message(describe(VpsNotFound(kind="snapshot", ident=snapshot_id))),
+                answer=error_message(describe(VpsNotFound(kind="snapshot", ident=snapshot_id))),
             )
             return
         self.record(
@@ -868,7 +903,7 @@ class Services:
             "snapshot.delete_asked",
             "ok",
             target=f"snapshot:{snapshot_id}",
-            answer=msg.delete_prompt(snap, actor.user, self.clock()),
+            answer=delete_prompt(snap, actor.user, self.clock()),
         )
 
     def confirm_delete(self, actor: Actor, value: str) -> None:
@@ -883,9 +918,7 @@ class Services:
                 "denied",
                 target=target,
                 detail="not the user who asked",
-                answer=msg.error_message(
-                    "Only the person who asked for this delete can confirm it."
-                ),
+                answer=error_message("Only the person who asked for this delete can confirm it."),
             )
             return
         if not self.may_operate(actor):
@@ -905,7 +938,7 @@ class Services:
                 "denied",
                 target=target,
                 detail="restore open",
-                answer=msg.error_message(
+                answer=error_message(
                     f"Restore request #{open_req.id} uses this snapshot "
                     f"({open_req.state}); it cannot be deleted now."
                 ),
@@ -921,9 +954,7 @@ class Services:
             if taken is not None:
                 self.audit(s, actor, "snapshot.delete", "denied", target=target, detail=taken.state)
         if taken is not None:
-            self.answer(
-                actor, msg.text_message(msg.delete_taken(sid, taken.state, taken.deleted_by))
-            )
+            self.answer(actor, text_message(delete_taken(sid, taken.state, taken.deleted_by)))
             return
         try:
             self.vps.delete_snapshot(sid)
@@ -933,7 +964,7 @@ class Services:
                     s, snapshot_id=sid, by=actor.user, deleted=False, now=self.clock()
                 )
             self.record(actor, "provider.delete", "error", target=target, detail=describe(exc))
-            self.answer(actor, msg.error_message(describe(exc)), replace_original=True)
+            self.answer(actor, error_message(describe(exc)), replace_original=True)
             return
         except BaseException:
             # Anything else (a bug, a stop): free the claim, so the next press is not
@@ -948,7 +979,7 @@ class Services:
         self.record(actor, "provider.delete", "ok", target=target)
         self.answer(
             actor,
-            msg.text_message(f":wastebasket: Snapshot {sid} deleted by {mention(actor.user)}."),
+            text_message(f":wastebasket: Snapshot {sid} deleted by {mention(actor.user)}."),
             replace_original=True,
         )
 
@@ -961,16 +992,14 @@ class Services:
     def show_audit(self, actor: Actor, limit: int) -> None:
         with session_scope(self.engine, readonly=True) as s:
             events = repo.latest_audit(s, limit=limit)
-        self.record(
-            actor, "audit.show", "ok", detail=f"last {limit}", answer=msg.audit_list(events)
-        )
+        self.record(actor, "audit.show", "ok", detail=f"last {limit}", answer=audit_list(events))
 
     def show_pending(self, actor: Actor) -> None:
         with session_scope(self.engine, readonly=True) as s:
             requests = repo.requests_in_state(s, states=approval.ACTIVE_STATES)
             watches = repo.active_watches(s)
         self.record(
-            actor, "pending.show", "ok", answer=msg.pending_list(requests, watches, self.clock())
+            actor, "pending.show", "ok", answer=pending_list(requests, watches, self.clock())
         )
 
     # ------------------------------------------------------------------ buttons
@@ -986,7 +1015,7 @@ class Services:
                 f"button.{action_id}",
                 "denied",
                 detail="malformed value",
-                answer=msg.error_message("That button carried a value snapbot cannot read."),
+                answer=error_message("That button carried a value snapbot cannot read."),
             )
         elif action_id == ids.RESTORE_OPEN:
             self.request_restore(actor, int(value), "")
@@ -1006,7 +1035,7 @@ class Services:
             )
             self.answer(
                 actor,
-                msg.text_message("Delete cancelled; nothing was changed."),
+                text_message("Delete cancelled; nothing was changed."),
                 replace_original=True,
             )
         elif action_id == ids.APPROVE:
@@ -1019,7 +1048,7 @@ class Services:
                 "button.unknown",
                 "denied",
                 detail=action_id[:100],
-                answer=msg.error_message("snapbot does not know that button."),
+                answer=error_message("snapbot does not know that button."),
             )
 
     # ------------------------------------------------------------------ restores (SPEC §5)
@@ -1057,7 +1086,7 @@ class Services:
                 "denied",
                 target=target,
                 detail=str(exc),
-                answer=msg.error_message(str(exc)),
+                answer=error_message(str(exc)),
             )
             return
         now = self.clock()
@@ -1097,11 +1126,11 @@ class Services:
                     response_url=actor.response_url,
                     channel=actor.channel,
                     user=actor.user,
-                    message=msg.request_already_open(held),
+                    message=request_already_open(held),
                 )
             else:
                 key = request_key(req.id)
-                mid = self.outbox.post(s, actor.channel, msg.restore_request(req, (), now), key=key)
+                mid = self.outbox.post(s, actor.channel, restore_request(req, (), now), key=key)
                 self.audit(
                     s,
                     actor,
@@ -1139,7 +1168,7 @@ class Services:
                     response_url=actor.response_url,
                     channel=actor.channel,
                     user=actor.user,
-                    message=msg.error_mrkdwn(msg.cannot_post(delivery.error, actor.channel)),
+                    message=error_mrkdwn(cannot_post(delivery.error, actor.channel)),
                 )
             self.outbox.flush([mid])
             return
@@ -1150,7 +1179,7 @@ class Services:
                 repo.set_request_message(s, request_id=req.id, channel=actor.channel, ts=ts)
             mid = self.notify_incident(
                 s,
-                msg.request_opened_notice(req, reason, link),
+                request_opened_notice(req, reason, link),
                 key=incident_key(req.id, "opened"),
             )
         self.outbox.flush([mid])
@@ -1174,12 +1203,12 @@ class Services:
                 self.outbox.post(
                     s,
                     req.requester,
-                    msg.request_unposted(req, error),
+                    request_unposted(req, error),
                     key=f"req:{req.id}:unposted:dm",
                 ),
                 self.notify_incident(
                     s,
-                    msg.request_unposted_notice(req, error),
+                    request_unposted_notice(req, error),
                     key=incident_key(req.id, "unposted"),
                 ),
             ]
@@ -1316,9 +1345,9 @@ class Services:
         if decision is None:
             self.answer(
                 actor,
-                msg.click_not_on_request(request_id)
+                click_not_on_request(request_id)
                 if req is not None
-                else msg.error_message(f"Restore request #{request_id} does not exist."),
+                else error_message(f"Restore request #{request_id} does not exist."),
             )
             return
         if (
@@ -1338,7 +1367,7 @@ class Services:
                     self._update_request_message(s, req, approvals),
                     self.notify_incident(
                         s,
-                        msg.request_approved_notice(req, approvals, link),
+                        request_approved_notice(req, approvals, link),
                         key=f"incident:req:{req.id}:approved",
                     ),
                 ]
@@ -1354,7 +1383,7 @@ class Services:
                 {
                     "channel": req.channel or actor.channel,
                     "user": actor.user,
-                    **msg.text_message(
+                    **text_message(
                         decision.message
                         + (
                             self.groups.unread_note(self.policy.approvers)
@@ -1407,9 +1436,9 @@ class Services:
         if decision is None:
             self.answer(
                 actor,
-                msg.click_not_on_request(request_id)
+                click_not_on_request(request_id)
                 if req is not None
-                else msg.error_message(f"Restore request #{request_id} does not exist."),
+                else error_message(f"Restore request #{request_id} does not exist."),
             )
             return
         if decision.new_state is None or decision.outcome == "denied":
@@ -1424,13 +1453,13 @@ class Services:
                 self.outbox.post(
                     s,
                     req.channel,
-                    msg.request_decided_note(word, actor.user),
+                    request_decided_note(word, actor.user),
                     thread_from=request_key(req.id),
                     key=f"req:{req.id}:thread:{req.state}",
                 ),
                 self.notify_incident(
                     s,
-                    msg.request_decided_notice(req, word, actor.user, link),
+                    request_decided_notice(req, word, actor.user, link),
                     key=f"incident:req:{req.id}:{req.state}",
                 ),
             ]
@@ -1439,7 +1468,7 @@ class Services:
     def _update_request_message(
         self, s, req: RestoreRequest, approvals, *, ended: tuple[str, str] | None = None
     ) -> int | None:
-        payload = msg.restore_request(req, approvals, self.clock(), ended=ended)
+        payload = restore_request(req, approvals, self.clock(), ended=ended)
         # Edits are chained in the order of the request's states (each waits for the one
         # before it), so an older edit that Slack delayed or refused once never lands last.
         state = RESTORE_ENDED if ended is not None else req.state
@@ -1584,13 +1613,13 @@ class Services:
                 self.outbox.post(
                     s,
                     req.channel,
-                    msg.restore_outcome_note(to_state, detail),
+                    restore_outcome_note(to_state, detail),
                     thread_from=request_key(req.id),
                     key=f"req:{req.id}:thread:{to_state}",
                 ),
                 self.notify_incident(
                     s,
-                    msg.restore_outcome_notice(req, to_state, detail, link),
+                    restore_outcome_notice(req, to_state, detail, link),
                     key=f"incident:req:{req.id}:{to_state}",
                 ),
             ]
@@ -1604,7 +1633,7 @@ class Services:
                     mid = self.outbox.post(
                         s,
                         req.channel,
-                        msg.restore_unfollowed_note(RESTORE_USUALLY),
+                        restore_unfollowed_note(RESTORE_USUALLY),
                         thread_from=request_key(req.id),
                         key=f"req:{req.id}:thread:no-follow",
                     )
@@ -1678,7 +1707,7 @@ class Services:
         with session_scope(self.engine) as s:
             count, head = repo.audit_head(s)
             mid = self.notify_incident(
-                s, msg.checkpoint_notice(reason, count, head), key=f"checkpoint:{count}:{head[:16]}"
+                s, checkpoint_notice(reason, count, head), key=f"checkpoint:{count}:{head[:16]}"
             )
         self.outbox.flush([mid])
 

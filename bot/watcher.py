@@ -19,8 +19,16 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 
-from bot.blocks import messages as msg
 from bot.blocks.format import span
+from bot.blocks.notices import (
+    provider_back_notice,
+    provider_down_notice,
+    request_expired_notice,
+    restore_finished_notice,
+    snapshot_ended_notice,
+)
+from bot.blocks.restore import request_expired_note, restore_finished_note
+from bot.blocks.snapshots import create_message, create_thread_reply
 from bot.core import approval
 from bot.logs import Outage
 from bot.services import Actor, Services, progress_key, request_key
@@ -148,13 +156,13 @@ class Duties:
                     self.s.outbox.post(
                         s,
                         req.channel,
-                        msg.request_expired_note(req),
+                        request_expired_note(req),
                         thread_from=request_key(req.id),
                         key=f"req:{req.id}:thread:expired",
                     ),
                     self.s.notify_incident(
                         s,
-                        msg.request_expired_notice(req, link),
+                        request_expired_notice(req, link),
                         key=f"incident:req:{req.id}:expired",
                     ),
                 ]
@@ -250,7 +258,7 @@ class Duties:
             ):
                 return
             duration = now - w.started_at
-            reply = msg.create_thread_reply(
+            reply = create_thread_reply(
                 status=status,
                 name=w.snapshot_name,
                 requester=w.requester,
@@ -269,7 +277,7 @@ class Duties:
                 self.s.outbox.update(
                     s,
                     w.channel,
-                    msg.create_message(
+                    create_message(
                         server_name=w.server_name,
                         server_id=w.server_id,
                         name=w.snapshot_name,
@@ -286,7 +294,7 @@ class Duties:
             if status != "completed":
                 mids.append(
                     self.s.notify_incident(
-                        s, msg.snapshot_ended_notice(w, status), key=f"incident:watch:{w.id}"
+                        s, snapshot_ended_notice(w, status), key=f"incident:watch:{w.id}"
                     )
                 )
         (send or self.s.outbox.flush)(mids)
@@ -318,13 +326,13 @@ class Duties:
                     self.s.outbox.post(
                         s,
                         w.channel,
-                        msg.restore_finished_note(w, status, took),
+                        restore_finished_note(w, status, took),
                         thread_from=w.parent_ts,
                         key=f"watch:{w.id}:reply",
                     ),
                     self.s.notify_incident(
                         s,
-                        msg.restore_finished_notice(w, status, took, link),
+                        restore_finished_notice(w, status, took, link),
                         key=f"incident:watch:{w.id}",
                     ),
                 ]
@@ -344,14 +352,14 @@ class Duties:
         log.warning("provider poll failed (%s in a row): %s", self.provider_failures, exc)
         if self.provider_failures == PROVIDER_ALERT_AFTER:
             with session_scope(self.s.engine) as s:
-                mid = self.s.notify_incident(s, msg.provider_down_notice(describe(exc)))
+                mid = self.s.notify_incident(s, provider_down_notice(describe(exc)))
                 self.s.audit(s, None, "provider.list", "error", detail=describe(exc))
             self.s.outbox.flush([mid])
 
     def _provider_recovered(self) -> None:
         if self.provider_failures >= PROVIDER_ALERT_AFTER:
             with session_scope(self.s.engine) as s:
-                mid = self.s.notify_incident(s, msg.provider_back_notice())
+                mid = self.s.notify_incident(s, provider_back_notice())
             self.s.outbox.flush([mid])
         self.provider_failures = 0
         self._skip = 0

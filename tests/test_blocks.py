@@ -1,4 +1,4 @@
-"""Every Block Kit builder in bot/blocks/messages.py, on plain data, against the
+"""Every Block Kit builder in bot/blocks/, on plain data, against the
 checks Slack applies (snapbot_local/slack/blockkit.py): the normal case, the empty case,
 and inputs far past Slack's limits (200 snapshots, 10,000-character names, reasons
 and descriptions, markup characters that escaping makes longer)."""
@@ -11,7 +11,22 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from bot.blocks import ids
-from bot.blocks import messages as msg
+from bot.blocks.answers import error_message, text_message
+from bot.blocks.audit import AUDIT_TEXT_BUDGET, audit_list
+from bot.blocks.help import usage_message
+from bot.blocks.notices import incident_notice
+from bot.blocks.pending import pending_list
+from bot.blocks.restore import restore_request, thread_note
+from bot.blocks.snapshots import (
+    CREATE_ESTIMATE,
+    RUNNING_SERVER_ADVICE,
+    create_message,
+    create_modal,
+    create_thread_reply,
+    delete_prompt,
+    limit_reached,
+    snapshot_list,
+)
 from bot.core import commands as cmd
 from bot.vps.models import Server, Snapshot
 from snapbot_local.slack.blockkit import (
@@ -87,15 +102,15 @@ def action_ids(payload_or_view: dict) -> set[str]:
 
 @pytest.mark.parametrize("text", ["Done.", LONG, MARKUP])
 def test_text_error_and_thread_notes_stay_within_limits(text):
-    for builder in (msg.text_message, msg.error_message, msg.thread_note):
+    for builder in (text_message, error_message, thread_note):
         assert_sendable(builder(text))
-    assert_sendable(msg.incident_notice(text, "https://fake.slack.test/archives/C1/p1"))
-    assert_sendable(msg.incident_notice(text, None))
+    assert_sendable(incident_notice(text, "https://fake.slack.test/archives/C1/p1"))
+    assert_sendable(incident_notice(text, None))
 
 
 @pytest.mark.parametrize("problem", [None, "unknown subcommand 'frobnicate'", LONG, MARKUP])
 def test_usage_message_carries_the_usage_and_the_problem(problem):
-    payload = assert_sendable(msg.usage_message(cmd.USAGE, problem))
+    payload = assert_sendable(usage_message(cmd.USAGE, problem))
     assert "/snapshot list [server]" in json.dumps(payload)
     if problem == "unknown subcommand 'frobnicate'":
         assert "frobnicate" in payload["blocks"][0]["text"]["text"]
@@ -105,7 +120,7 @@ def test_usage_message_carries_the_usage_and_the_problem(problem):
 
 
 def test_an_empty_list_says_so():
-    payload = assert_sendable(msg.snapshot_list([], NOW, scope="server 12346"))
+    payload = assert_sendable(snapshot_list([], NOW, scope="server 12346"))
     assert "No snapshots for server 12346." in json.dumps(payload)
     assert action_ids(payload) == set()
 
@@ -113,7 +128,7 @@ def test_an_empty_list_says_so():
 def test_a_list_shows_every_field_newest_first_with_both_buttons():
     snaps = [snapshot(798, name="older"), snapshot(801, name="newer")]
     snaps[0] = snaps[0].model_copy(update={"created_at": NOW - timedelta(days=20)})
-    payload = assert_sendable(msg.snapshot_list(snaps, NOW, scope="all servers"))
+    payload = assert_sendable(snapshot_list(snaps, NOW, scope="all servers"))
     text = json.dumps(payload)
     assert text.index("newer") < text.index("older")
     for needle in ("web-server-01", "12345", "completed", "5.0 GB", "12 days", "Before it"):
@@ -125,7 +140,7 @@ def test_a_list_shows_every_field_newest_first_with_both_buttons():
 
 def test_a_list_of_200_snapshots_stays_under_50_blocks_and_says_how_many_are_hidden():
     snaps = [snapshot(i, name=f"snap-{i}") for i in range(1, 201)]
-    payload = assert_sendable(msg.snapshot_list(snaps, NOW, scope="all servers"))
+    payload = assert_sendable(snapshot_list(snaps, NOW, scope="all servers"))
     assert "200 snapshot(s)" in payload["text"]
     footer = payload["blocks"][-1]["elements"][0]["text"]
     shown = sum(1 for b in payload["blocks"] if b["type"] == "actions")
@@ -138,13 +153,13 @@ def test_a_list_with_huge_names_and_descriptions_stays_within_limits():
         snapshot(i, name=LONG if i % 2 else MARKUP, description=LONG if i % 3 else MARKUP)
         for i in range(1, 60)
     ]
-    assert_sendable(msg.snapshot_list(snaps, NOW, scope=LONG))
-    assert_sendable(msg.snapshot_list(snaps, NOW, scope=MARKUP))
+    assert_sendable(snapshot_list(snaps, NOW, scope=LONG))
+    assert_sendable(snapshot_list(snaps, NOW, scope=MARKUP))
 
 
 def test_a_list_of_snapshots_without_dates_or_sizes_is_still_valid():
     bare = [Snapshot(id=i, server=Server(id=1), name="n", status="weird-status") for i in (5, 6)]
-    payload = assert_sendable(msg.snapshot_list(bare, NOW, scope="server 1"))
+    payload = assert_sendable(snapshot_list(bare, NOW, scope="server 1"))
     assert "size pending" in json.dumps(payload)
 
 
@@ -156,26 +171,26 @@ def test_a_list_of_snapshots_without_dates_or_sizes_is_still_valid():
 )
 @pytest.mark.parametrize("name", ["before-fix", LONG, MARKUP])
 def test_the_create_message_is_valid_in_every_state(state, name):
-    payload = msg.create_message(
+    payload = create_message(
         server_name=name,
         server_id=12345,
         name=name,
         requester="U1",
         state=state,
-        detail=f"{msg.CREATE_ESTIMATE} {msg.RUNNING_SERVER_ADVICE} {name}",
+        detail=f"{CREATE_ESTIMATE} {RUNNING_SERVER_ADVICE} {name}",
         snapshot_id=802,
     )
     assert_sendable(payload)
 
 
 def test_the_in_progress_create_message_carries_estimate_and_advice():
-    payload = msg.create_message(
+    payload = create_message(
         server_name="web-server-01",
         server_id=12345,
         name="before-fix",
         requester="U1",
         state="in_progress",
-        detail=f"{msg.CREATE_ESTIMATE} {msg.RUNNING_SERVER_ADVICE}",
+        detail=f"{CREATE_ESTIMATE} {RUNNING_SERVER_ADVICE}",
         snapshot_id=802,
     )
     text = json.dumps(assert_sendable(payload))
@@ -185,7 +200,7 @@ def test_the_in_progress_create_message_carries_estimate_and_advice():
 @pytest.mark.parametrize("status", ["completed", "failed", "gone", "stuck", "error"])
 @pytest.mark.parametrize("name", ["before-fix", LONG])
 def test_the_create_thread_reply_is_valid_for_every_outcome(status, name):
-    payload = msg.create_thread_reply(
+    payload = create_thread_reply(
         status=status,
         name=name,
         requester="U1",
@@ -199,7 +214,7 @@ def test_the_create_thread_reply_is_valid_for_every_outcome(status, name):
 @pytest.mark.parametrize("oldest", ["weekly-snapshot-2025-01-08", LONG, MARKUP])
 def test_the_limit_message_offers_to_delete_the_oldest(oldest):
     text = f"Server web-server-01 already has 5 snapshots; the oldest is {oldest} (id 798)."
-    payload = assert_sendable(msg.limit_reached(text, 798, oldest))
+    payload = assert_sendable(limit_reached(text, 798, oldest))
     (button,) = payload["blocks"][1]["elements"]
     assert button["action_id"] == ids.DELETE_OPEN and button["value"] == "798"
 
@@ -210,7 +225,7 @@ def test_the_limit_message_offers_to_delete_the_oldest(oldest):
     ids=["loading", "none", "one", "250-long-names"],
 )
 def test_the_create_modal_is_a_valid_view(servers):
-    view = msg.create_modal(metadata="C1", servers=servers, note="Loading servers…")
+    view = create_modal(metadata="C1", servers=servers, note="Loading servers…")
     assert validate_view(view) == []
     assert view["callback_id"] == ids.CREATE_MODAL and view["private_metadata"] == "C1"
     blocks = {b.get("block_id"): b for b in view["blocks"]}
@@ -222,7 +237,7 @@ def test_the_create_modal_is_a_valid_view(servers):
 
 
 def test_the_create_modal_shows_a_long_note_within_limits():
-    assert validate_view(msg.create_modal(metadata="C1", servers=None, note=LONG)) == []
+    assert validate_view(create_modal(metadata="C1", servers=None, note=LONG)) == []
 
 
 # -- delete ---------------------------------------------------------------------------------
@@ -230,7 +245,7 @@ def test_the_create_modal_shows_a_long_note_within_limits():
 
 @pytest.mark.parametrize("name", ["pre-migration", LONG, MARKUP])
 def test_the_delete_prompt_has_a_confirm_dialog_and_names_the_asker(name):
-    payload = assert_sendable(msg.delete_prompt(snapshot(801, name=name), "U1", NOW))
+    payload = assert_sendable(delete_prompt(snapshot(801, name=name), "U1", NOW))
     actions = payload["blocks"][1]["elements"]
     confirm, cancel = actions
     assert confirm["action_id"] == ids.DELETE_CONFIRM and confirm["value"] == "801:U1"
@@ -259,7 +274,7 @@ def test_the_delete_prompt_has_a_confirm_dialog_and_names_the_asker(name):
 )
 @pytest.mark.parametrize("text", ["bad deploy", LONG, MARKUP])
 def test_the_restore_request_message_is_valid_in_every_state(state, text):
-    payload = assert_sendable(msg.restore_request(request(state, reason=text, name=text), [], NOW))
+    payload = assert_sendable(restore_request(request(state, reason=text, name=text), [], NOW))
     if state == "pending":
         assert action_ids(payload) == {ids.APPROVE, ids.REJECT}
     else:
@@ -267,7 +282,7 @@ def test_the_restore_request_message_is_valid_in_every_state(state, text):
 
 
 def test_the_pending_restore_request_warns_what_is_lost():
-    payload = assert_sendable(msg.restore_request(request(), ["UCAROL"], NOW))
+    payload = assert_sendable(restore_request(request(), ["UCAROL"], NOW))
     text = json.dumps(payload)
     assert "everything written to *web-server-01* since 2025-01-15 12:00 UTC, 12 days" in text
     assert "<@UCAROL>" in text and "cannot be undone" in text
@@ -299,7 +314,7 @@ def audit_event(i: int, *, detail: str = "ok", target: str = "snapshot:801") -> 
     ids=["empty", "one", "1000", "long", "markup"],
 )
 def test_the_audit_list_stays_within_limits(events):
-    payload = assert_sendable(msg.audit_list(events))
+    payload = assert_sendable(audit_list(events))
     text = json.dumps(payload)
     if events:
         # The newest events are shown, and whatever does not fit is counted.
@@ -326,8 +341,8 @@ def test_the_pending_list_stays_within_limits_however_much_is_pending():
         )
         for i in range(300)
     ]
-    assert_sendable(msg.pending_list(requests, watches, NOW))
-    assert "Nothing is pending" in json.dumps(assert_sendable(msg.pending_list([], [], NOW)))
+    assert_sendable(pending_list(requests, watches, NOW))
+    assert "Nothing is pending" in json.dumps(assert_sendable(pending_list([], [], NOW)))
 
 
 def test_a_thousand_event_audit_list_stays_within_what_slack_takes_in_one_message():
@@ -345,7 +360,7 @@ def test_a_thousand_event_audit_list_stays_within_what_slack_takes_in_one_messag
         )
         for i in range(1000, 0, -1)
     ]
-    payload = msg.audit_list(events)
+    payload = audit_list(events)
     text = sum(len((b.get("text") or {}).get("text", "")) for b in payload["blocks"])
-    assert text <= msg.AUDIT_TEXT_BUDGET + 100
+    assert text <= AUDIT_TEXT_BUDGET + 100
     assert "older event(s) not shown; use `snapbot audit export`" in str(payload["blocks"][-1])

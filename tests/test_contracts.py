@@ -22,7 +22,20 @@ from slack_bolt import App, BoltRequest, BoltResponse
 
 from bot import gunicorn_conf
 from bot.blocks import ids
-from bot.blocks import messages as msg
+from bot.blocks.answers import error_message, text_message
+from bot.blocks.audit import audit_list
+from bot.blocks.help import usage_message
+from bot.blocks.notices import incident_notice
+from bot.blocks.pending import pending_list
+from bot.blocks.restore import restore_request, thread_note
+from bot.blocks.snapshots import (
+    create_message,
+    create_modal,
+    create_thread_reply,
+    delete_prompt,
+    limit_reached,
+    snapshot_list,
+)
 from bot.config import Settings
 from bot.core import commands as cmd
 from bot.listeners.commands import COMMAND
@@ -143,15 +156,13 @@ def builder_outputs() -> list[dict]:
         id=1, at=NOW, action="a", outcome="ok", prev_hash="0" * 64, hash="1" * 64, actor="U1"
     )
     return [
-        msg.text_message("t"),
-        msg.error_message("t"),
-        msg.usage_message(cmd.USAGE, "p"),
-        msg.snapshot_list([snap] * 1, NOW, scope="all servers"),
-        msg.snapshot_list([], NOW, scope="all servers"),
-        msg.create_message(
-            server_name="w", server_id=1, name="n", requester="U1", state="in_progress"
-        ),
-        msg.create_thread_reply(
+        text_message("t"),
+        error_message("t"),
+        usage_message(cmd.USAGE, "p"),
+        snapshot_list([snap] * 1, NOW, scope="all servers"),
+        snapshot_list([], NOW, scope="all servers"),
+        create_message(server_name="w", server_id=1, name="n", requester="U1", state="in_progress"),
+        create_thread_reply(
             status="completed",
             name="n",
             requester="U1",
@@ -159,15 +170,15 @@ def builder_outputs() -> list[dict]:
             duration=timedelta(1),
             snapshot_id=1,
         ),
-        msg.limit_reached("t", 798, "oldest"),
-        msg.create_modal(metadata="C1", servers=[(12345, "web-server-01")]),
-        msg.create_modal(metadata="C1", servers=None),
-        msg.delete_prompt(snap, "U1", NOW),
-        *(msg.restore_request(r, ["U2"], NOW) for r in requests),
-        msg.thread_note("t"),
-        msg.incident_notice("t", "https://x"),
-        msg.audit_list([event]),
-        msg.pending_list(requests, [], NOW),
+        limit_reached("t", 798, "oldest"),
+        create_modal(metadata="C1", servers=[(12345, "web-server-01")]),
+        create_modal(metadata="C1", servers=None),
+        delete_prompt(snap, "U1", NOW),
+        *(restore_request(r, ["U2"], NOW) for r in requests),
+        thread_note("t"),
+        incident_notice("t", "https://x"),
+        audit_list([event]),
+        pending_list(requests, [], NOW),
     ]
 
 
@@ -183,7 +194,7 @@ def test_every_button_the_builders_emit_uses_an_id_from_the_registry():
     assert emitted, "the builders emitted no buttons at all"
     assert emitted <= set(ids.ACTION_IDS), emitted - set(ids.ACTION_IDS)
     # the modal's callback id too
-    modal = msg.create_modal(metadata="C1", servers=None)
+    modal = create_modal(metadata="C1", servers=None)
     assert modal["callback_id"] in ids.VIEW_CALLBACK_IDS
 
 

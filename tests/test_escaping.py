@@ -20,8 +20,32 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bot.blocks import ids
-from bot.blocks import messages as msg
+from bot.blocks.answers import error_message, error_mrkdwn
+from bot.blocks.audit import audit_list
 from bot.blocks.format import escape, unescape
+from bot.blocks.help import usage_message
+from bot.blocks.notices import (
+    checkpoint_notice,
+    provider_down_notice,
+    request_approved_notice,
+    request_decided_notice,
+    request_expired_notice,
+    request_opened_notice,
+    restore_finished_notice,
+    restore_outcome_notice,
+    snapshot_ended_notice,
+)
+from bot.blocks.pending import pending_list
+from bot.blocks.refusals import cannot_post
+from bot.blocks.restore import restore_finished_note, restore_outcome_note, restore_request
+from bot.blocks.snapshots import (
+    create_message,
+    create_modal,
+    create_thread_reply,
+    delete_prompt,
+    limit_reached,
+    snapshot_list,
+)
 from bot.vps.models import Server, Snapshot
 from snapbot_local.stack import INCIDENT_CHANNEL, LocalStack
 from tests.conftest import wait_until
@@ -152,16 +176,16 @@ def hostile_snapshot() -> Snapshot:
 
 
 BUILDERS = {
-    "error": lambda: msg.error_message(MARKUP),
-    "usage": lambda: msg.usage_message("/snapshot list", MARKUP),
-    "list": lambda: msg.snapshot_list([hostile_snapshot()], NOW, scope=MARKUP),
-    "create": lambda: msg.create_message(
+    "error": lambda: error_message(MARKUP),
+    "usage": lambda: usage_message("/snapshot list", MARKUP),
+    "list": lambda: snapshot_list([hostile_snapshot()], NOW, scope=MARKUP),
+    "create": lambda: create_message(
         server_name=MARKUP, server_id=1, name=MARKUP, requester="U1", state="error", detail=MARKUP
     ),
-    "create-unknown-state": lambda: msg.create_message(
+    "create-unknown-state": lambda: create_message(
         server_name="s", server_id=1, name="n", requester="U1", state=MARKUP
     ),
-    "create-reply": lambda: msg.create_thread_reply(
+    "create-reply": lambda: create_thread_reply(
         status=MARKUP,
         name=MARKUP,
         requester="U1",
@@ -169,31 +193,31 @@ BUILDERS = {
         duration=timedelta(seconds=5),
         snapshot_id=1,
     ),
-    "limit": lambda: msg.limit_reached(MARKUP, 798, MARKUP),
+    "limit": lambda: limit_reached(MARKUP, 798, MARKUP),
     "create-modal-note": lambda: {
         "text": "",
-        "blocks": msg.create_modal(metadata="sealed", servers=None, note=MARKUP)["blocks"],
+        "blocks": create_modal(metadata="sealed", servers=None, note=MARKUP)["blocks"],
     },
-    "delete": lambda: msg.delete_prompt(hostile_snapshot(), "U1", NOW),
-    "request": lambda: msg.restore_request(hostile_request(), [], NOW),
-    "request-failed": lambda: msg.restore_request(
+    "delete": lambda: delete_prompt(hostile_snapshot(), "U1", NOW),
+    "request": lambda: restore_request(hostile_request(), [], NOW),
+    "request-failed": lambda: restore_request(
         hostile_request(state="failed", decided_by="UBOB"), ["UBOB"], NOW
     ),
-    "pending": lambda: msg.pending_list([hostile_request()], [hostile_watch()], NOW),
-    "cannot-post": lambda: msg.error_mrkdwn(msg.cannot_post(MARKUP, "C1")),
-    "opened-notice": lambda: msg.request_opened_notice(hostile_request(), MARKUP, None),
-    "approved-notice": lambda: msg.request_approved_notice(hostile_request(), ["UBOB"], None),
-    "decided-notice": lambda: msg.request_decided_notice(hostile_request(), "rejected", "U", None),
-    "outcome-note": lambda: msg.restore_outcome_note("succeeded", MARKUP),
-    "outcome-failed-note": lambda: msg.restore_outcome_note("failed", MARKUP),
-    "outcome-notice": lambda: msg.restore_outcome_notice(hostile_request(), "failed", MARKUP, None),
-    "started-notice": lambda: msg.restore_outcome_notice(hostile_request(), "succeeded", "", None),
-    "expired-notice": lambda: msg.request_expired_notice(hostile_request(), None),
-    "ended-notice": lambda: msg.snapshot_ended_notice(hostile_watch(), MARKUP),
-    "finished-note": lambda: msg.restore_finished_note(hostile_watch(), MARKUP, "5 min"),
-    "finished-notice": lambda: msg.restore_finished_notice(hostile_watch(), MARKUP, "5 min", None),
-    "provider-down": lambda: msg.provider_down_notice(MARKUP),
-    "checkpoint": lambda: msg.checkpoint_notice(MARKUP, 3, "abc"),
+    "pending": lambda: pending_list([hostile_request()], [hostile_watch()], NOW),
+    "cannot-post": lambda: error_mrkdwn(cannot_post(MARKUP, "C1")),
+    "opened-notice": lambda: request_opened_notice(hostile_request(), MARKUP, None),
+    "approved-notice": lambda: request_approved_notice(hostile_request(), ["UBOB"], None),
+    "decided-notice": lambda: request_decided_notice(hostile_request(), "rejected", "U", None),
+    "outcome-note": lambda: restore_outcome_note("succeeded", MARKUP),
+    "outcome-failed-note": lambda: restore_outcome_note("failed", MARKUP),
+    "outcome-notice": lambda: restore_outcome_notice(hostile_request(), "failed", MARKUP, None),
+    "started-notice": lambda: restore_outcome_notice(hostile_request(), "succeeded", "", None),
+    "expired-notice": lambda: request_expired_notice(hostile_request(), None),
+    "ended-notice": lambda: snapshot_ended_notice(hostile_watch(), MARKUP),
+    "finished-note": lambda: restore_finished_note(hostile_watch(), MARKUP, "5 min"),
+    "finished-notice": lambda: restore_finished_notice(hostile_watch(), MARKUP, "5 min", None),
+    "provider-down": lambda: provider_down_notice(MARKUP),
+    "checkpoint": lambda: checkpoint_notice(MARKUP, 3, "abc"),
 }
 
 
@@ -206,7 +230,7 @@ def test_audit_list_shows_hostile_targets_and_details_escaped_once():
     event = SimpleNamespace(
         id=1, at=NOW, actor="U1", action=MARKUP, target=MARKUP, detail=MARKUP, outcome="ok"
     )
-    assert_escaped_once(msg.audit_list([event]), expect=escape(MARKUP)[:40])
+    assert_escaped_once(audit_list([event]), expect=escape(MARKUP)[:40])
 
 
 # --- end to end: every text path, every recorded Slack call -------------------------------------

@@ -22,7 +22,7 @@ from slack_sdk.errors import SlackApiError
 from sqlalchemy import func, select
 
 from bot.blocks import ids
-from bot.blocks import messages as msg
+from bot.blocks.refusals import FORM_NOT_VERIFIED
 from bot.core import view_metadata as vm
 from bot.core.conversations import is_direct_message
 from bot.outbox import is_transient
@@ -463,7 +463,7 @@ def test_a_typed_edited_or_borrowed_private_metadata_is_refused_audited_and_the_
         assert response.status_code == 200
         answer = response.json()
         assert answer["response_action"] == "errors"
-        assert answer["errors"] == {ids.CREATE_SERVER_BLOCK: msg.FORM_NOT_VERIFIED}
+        assert answer["errors"] == {ids.CREATE_SERVER_BLOCK: FORM_NOT_VERIFIED}
     denied = [
         e
         for e in audit_rows(stack, "snapshot.create")

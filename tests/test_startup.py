@@ -533,11 +533,11 @@ def healthz_of(runtime) -> dict:
 
 
 def post_incident(stack, text: str) -> None:
-    from bot.blocks import messages as msg
+    from bot.blocks.notices import incident_notice
     from storage.db import session_scope
 
     with session_scope(stack.runtime.engine) as s:
-        mid = stack.services.notify_incident(s, msg.incident_notice(text, None))
+        mid = stack.services.notify_incident(s, incident_notice(text, None))
     stack.services.outbox.flush([mid])
 
 

@@ -5,7 +5,7 @@ import re
 from slack_bolt import Ack, App, BoltContext
 
 from bot.blocks import ids
-from bot.blocks import messages as msg
+from bot.blocks.answers import error_message
 from bot.listeners import inbound
 from bot.services import Actor
 
@@ -60,7 +60,7 @@ def register(app: App, services) -> None:
                 "button.refused",
                 "denied",
                 detail=inbound.refusal_detail(bad),
-                answer=msg.error_message(inbound.REFUSED),
+                answer=error_message(inbound.REFUSED),
                 delivery_key=context.get("delivery_key"),
             )
         else:

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from slack_bolt import Ack, App, BoltContext
 
-from bot.blocks import messages as msg
+from bot.blocks.answers import error_message
+from bot.blocks.help import usage_message
 from bot.core import commands as cmd
 from bot.listeners import inbound
 from bot.services import Actor
@@ -46,7 +47,7 @@ def register(app: App, services) -> None:
                 detail=inbound.refusal_detail(bad),
                 delivery_key=context.get("delivery_key"),
             )
-            ack(**msg.error_message(inbound.REFUSED))
+            ack(**error_message(inbound.REFUSED))
             return
         parsed = cmd.parse(payload["text"])
         # Someone the door turns away is not answered here: the job is, at the door.
@@ -60,7 +61,7 @@ def register(app: App, services) -> None:
                 detail=problem or "",
                 delivery_key=context.get("delivery_key"),
             )
-            ack(**msg.usage_message(cmd.USAGE, problem))
+            ack(**usage_message(cmd.USAGE, problem))
             return
         services.accept(
             "command",

@@ -3,7 +3,7 @@ from __future__ import annotations
 from slack_bolt import Ack, App, BoltContext
 
 from bot.blocks import ids
-from bot.blocks import messages as msg
+from bot.blocks.refusals import FORM_NOT_VERIFIED
 from bot.core import commands as cmd
 from bot.listeners import inbound
 from bot.listeners.actions import actor_fields
@@ -77,7 +77,7 @@ def register(app: App, services) -> None:
                 detail="private_metadata not sealed by snapbot",
                 delivery_key=context.get("delivery_key"),
             )
-            ack(response_action="errors", errors={ids.CREATE_SERVER_BLOCK: msg.FORM_NOT_VERIFIED})
+            ack(response_action="errors", errors={ids.CREATE_SERVER_BLOCK: FORM_NOT_VERIFIED})
             return
         errors = {}
         parsed = cmd.parse_server(server)

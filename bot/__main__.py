@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
 # The offline stack (snapbot_local, installed beside bot/) is loaded here and nowhere
 # else in production code: only these three subcommands need it
-# (tests/test_contracts.py keeps it so).
+# (tests/contracts/test_contracts.py keeps it so).
 def demo(*, keep_running: bool) -> int:
     from snapbot_local.demo import run_demo
 

@@ -4,7 +4,7 @@
 provider) against these instead of slack.com and the provider's API, and the test suite
 and the benchmarks use the same code, so what the demo shows and what the tests prove
 cannot drift. It is installed beside `bot/`, never imported by it: only the command
-line loads it, inside those three subcommands (tests/test_contracts.py keeps it so).
+line loads it, inside those three subcommands (tests/contracts/test_contracts.py keeps it so).
 
     slack/       a loopback Slack Web API + response_url endpoint that records state
                  (FakeSlack), its Socket Mode WebSocket endpoint, Slack-exact request

@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = REPO_ROOT / "manifest.yml"
 SCHEMA_NAME = "manifest.schema.1.0.0.json"
 EVENTS_PATH = "/slack/events"
@@ -21,7 +21,7 @@ MINIMAL_BOT_SCOPES = {"commands", "chat:write", "usergroups:read"}
 
 # Slack's published schema ships with the tests (MIT, tests/data/LICENSE.manifest-schema),
 # so the manifest is checked in every clone, not only next to the team's shared folder.
-SCHEMA_PATH = Path(__file__).resolve().parent / "data" / SCHEMA_NAME
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "data" / SCHEMA_NAME
 
 
 @pytest.fixture(scope="module")

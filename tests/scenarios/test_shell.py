@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from snapbot_local.shell import run_shell
-from tests.test_demo import clean_env
+from tests.scenarios.test_demo import clean_env
 
 
 def shell(

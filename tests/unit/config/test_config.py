@@ -411,7 +411,7 @@ def test_load_or_exit_returns_settings_when_fine() -> None:
 
 # --- .env.example -------------------------------------------------------------------------
 
-ENV_EXAMPLE = Path(__file__).resolve().parents[1] / ".env.example"
+ENV_EXAMPLE = Path(__file__).resolve().parents[3] / ".env.example"
 
 
 def test_env_example_as_is_is_refused_naming_each_placeholder_like_a_missing_value() -> None:

@@ -53,7 +53,7 @@ from tests.conftest import wait_until
 from tests.e2e_helpers import wait_for_ephemeral
 from tests.procs import HANG_GUARD_S
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = yaml.safe_load((ROOT / "manifest.yml").read_text(encoding="utf-8"))
 EVENTS_PATH = "/slack/events"
 NOW = datetime(2025, 1, 27, 12, 0, tzinfo=UTC)

@@ -31,7 +31,7 @@ from snapbot_local.provider import (
 )
 
 TOKEN = "sim-token"
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 
 DOC_SNAPSHOTS = [
     {

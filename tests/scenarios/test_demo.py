@@ -21,7 +21,7 @@ from snapbot_local.slack.signing import SlackClientSim, slash_command_body
 from snapbot_local.stack import SIGNING_SECRET, VPS_TOKEN, LocalStack
 from snapbot_local.transcript import Names, UserAction, mark, mrkdwn_to_text, render_channel
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 QUICK_START = [
     "python3 -m venv .venv && . .venv/bin/activate && pip install -e . && snapbot demo",
     "python3 -m venv .venv && . .venv/bin/activate && pip install -e '.[test]' && pytest",

@@ -53,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 
 from bot.config import Settings  # noqa: E402
 from bot.runtime import build_runtime  # noqa: E402
+from bot.services.watches import report_snapshot  # noqa: E402
 from bot.vps.client import VpsClient  # noqa: E402
 from bot.vps.errors import VpsError  # noqa: E402
 from bot.watcher import REPORT_SENDERS, STUCK_AFTER, Duties  # noqa: E402
@@ -208,7 +209,7 @@ class NaiveDuties(Duties):
     reports exactly as the real one does (messages sent by REPORT_SENDERS threads)."""
 
     def poll_snapshots(self) -> None:
-        with session_scope(self.s.engine, readonly=True) as s:
+        with session_scope(self.deps.engine, readonly=True) as s:
             watches = repo.active_watches(s, kind="snapshot")
         now = self.clock()
         with ThreadPoolExecutor(REPORT_SENDERS) as pool:
@@ -216,21 +217,21 @@ class NaiveDuties(Duties):
             def send(ids):
                 for i in ids:
                     if i is not None:
-                        pool.submit(self.s.outbox.deliver, i)
+                        pool.submit(self.deps.outbox.deliver, i)
 
             for w in watches:
                 try:
-                    snap = self.s.vps.find_snapshot(w.snapshot_id, w.server_id)
+                    snap = self.deps.vps.find_snapshot(w.snapshot_id, w.server_id)
                 except VpsError:
                     continue
                 finally:
                     self.polls += 1
                 if snap is None:
-                    self._report(w, "gone", None, now, send=send)
+                    report_snapshot(self.deps, w, "gone", None, now, send=send)
                 elif snap.is_terminal:
-                    self._report(w, snap.status, snap.size_mb, now, send=send)
+                    report_snapshot(self.deps, w, snap.status, snap.size_mb, now, send=send)
                 elif now - w.started_at > STUCK_AFTER:
-                    self._report(w, "stuck", None, now, send=send)
+                    report_snapshot(self.deps, w, "stuck", None, now, send=send)
 
 
 # ---- one run ------------------------------------------------------------------------------
@@ -292,7 +293,7 @@ def run(
     )
     vps = VpsClient(sim.url, TOKEN, timeout=10.0, retries=2, on_call=on_call)
     runtime = build_runtime(settings, start_duties=False, vps=vps, poll_interval=poll)
-    services = runtime.services
+    services = runtime.deps
     result = Result(mode, n)
     try:
         parents = seed_watches(services, n)

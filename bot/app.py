@@ -12,7 +12,9 @@ from slack_bolt import App
 from slack_bolt.authorization import AuthorizeResult
 
 from bot.listeners import register_listeners
-from bot.services import Actor, Services
+from bot.services import auditing
+from bot.services.actors import Actor
+from bot.services.deps import Deps
 from bot.user_messages import describe
 
 log = logging.getLogger(__name__)
@@ -21,20 +23,20 @@ log = logging.getLogger(__name__)
 LISTENER_THREADS = 32
 
 
-def build_app(services: Services) -> App:
-    settings = services.settings
+def build_app(deps: Deps) -> App:
+    settings = deps.settings
 
     def authorize(enterprise_id=None, team_id=None, **_) -> AuthorizeResult:
         # One install, one bot token. Without this Bolt asks auth.test on the first
         # request of each process, inside Slack's 3 s, and refuses the request when
         # Slack does not answer; start-up has asked already, and the door
-        # (Services.knows_its_install) asks again when that answer is missing.
+        # (bot/services/door.py knows_its_install) asks again when that answer is missing.
         return AuthorizeResult(
-            enterprise_id=enterprise_id, team_id=team_id, bot_token=services.slack.token
+            enterprise_id=enterprise_id, team_id=team_id, bot_token=deps.slack.token
         )
 
     app = App(
-        client=services.slack,
+        client=deps.slack,
         authorize=authorize,
         signing_secret=settings.slack_signing_secret or "socket-mode-does-not-sign",
         request_verification_enabled=not settings.socket_mode,
@@ -53,13 +55,13 @@ def build_app(services: Services) -> App:
     def key_the_delivery(req, resp, next):
         # Slack retries (X-Slack-Retry-Num), double deliveries and replays inside the
         # signature window all carry a body already seen. The listener hands this key
-        # to services.accept/record, which store it in the same transaction as the job
+        # to door.accept / auditing.record, which store it in the same transaction as the job
         # (or audit row): a body seen before is acknowledged and nothing is done. One
         # write before the ack instead of two (bench/ack_latency.py).
         req.context["delivery_key"] = hashlib.sha256(_delivered(req)).hexdigest()
         return next()
 
-    register_listeners(app, services)
+    register_listeners(app, deps)
 
     @app.error
     def on_error(error, body, respond, logger) -> None:
@@ -71,8 +73,8 @@ def build_app(services: Services) -> App:
             except Exception:
                 logger.warning("could not tell the user about the failure")
         try:
-            services.record(
-                Actor(user=user), "listener.error", "error", detail=type(error).__name__
+            auditing.record(
+                deps, Actor(user=user), "listener.error", "error", detail=type(error).__name__
             )
         except Exception:
             logger.warning("could not audit the failure")

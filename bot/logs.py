@@ -2,7 +2,7 @@
 
 Every line reads ``ts=… level=INFO logger=bot.services thread=… event=restore.approve
 request=12 actor=U2 outcome=ok``: audited events log themselves in that form
-(``event_line``, called by ``Services.audit``); any other message becomes
+(``event_line``, called by ``bot.services.auditing.audit``); any other message becomes
 ``msg="…"``, and a traceback is folded into ``exc="…"`` on the same line, so one
 event is one line whatever it carries (newlines are escaped).
 

@@ -1,5 +1,5 @@
 """Assemble a running snapbot from Settings: database (migrated), provider client,
-Slack client, services, the Bolt app and the background duties. The gunicorn
+Slack client, the shared collaborators (Deps), the Bolt app and the background duties. The gunicorn
 workers, `snapbot serve`, the demo, the shell and the tests all start it this way.
 
 ``check_startup`` is what a real install runs first, once (SPEC 13.6, 13.7): the
@@ -9,19 +9,31 @@ a bot's token. Anything wrong is a ConfigError naming the variable, one line."""
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from slack_bolt import App
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.http_retry.builtin_handlers import (
+    ConnectionErrorRetryHandler,
+    RateLimitErrorRetryHandler,
+)
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from bot.app import build_app
 from bot.config import ENV_VARS, ConfigError, Settings, exit_on_config_error
-from bot.core import authz
-from bot.jobs import DEFAULT_WORKERS
-from bot.services import GroupCache, Services, make_slack_client
+from bot.core import approval, authz, view_metadata
+from bot.jobs import DEFAULT_WORKERS, JobRunner
+from bot.outbox import Outbox
+from bot.services import dispatch
+from bot.services.actors import GroupCache
+from bot.services.deps import Deps, Installed, utcnow
 from bot.vps.client import VpsClient
 from bot.watcher import Duties
 from storage.db import DatabaseUnusable, describe_failure, migrate, open_database
@@ -38,6 +50,23 @@ PROVIDER_RETRIES = 2
 SLACK_TRANSIENT = frozenset(
     {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
 )
+
+
+def make_owner_id(group: str | None = None) -> str:
+    """Who holds a lease or claims a job: host, pid, and a nonce; a job worker started
+    by a `web` process adds ``/web-<master pid>`` so that process can tell it is its own."""
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    return f"{owner}/{group}" if group else owner
+
+
+def make_slack_client(settings: Settings) -> WebClient:
+    client = WebClient(token=settings.slack_bot_token, base_url=settings.slack_api_url, timeout=10)
+    # slack-sdk retries only connection errors by default; 429s are waited out too.
+    client.retry_handlers = [
+        ConnectionErrorRetryHandler(max_retry_count=2),
+        RateLimitErrorRetryHandler(max_retry_count=3),
+    ]
+    return client
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,20 +197,68 @@ def warn_unusable_groups(settings: Settings, groups: GroupCache) -> None:
         )
 
 
+def make_deps(
+    settings: Settings,
+    *,
+    engine: Engine,
+    vps: VpsClient,
+    slack: WebClient,
+    clock: Callable[[], datetime] = utcnow,
+    owner: str | None = None,
+    workers: int = DEFAULT_WORKERS,
+    runs_jobs: bool = True,
+    install: Install | None = None,
+) -> Deps:
+    """Every collaborator the use cases share, built here and only here; the job
+    runner gets one handler per job kind (bot/services/dispatch.py).
+    ``runs_jobs``: False in gunicorn's HTTP workers (bot/jobs.py, bot/worker.py).
+    ``install``: what check_startup found; None: the door asks auth.test again."""
+    owner = owner or make_owner_id()
+    deps = Deps(
+        settings=settings,
+        engine=engine,
+        vps=vps,
+        slack=slack,
+        clock=clock,
+        owner=owner,
+        outbox=Outbox(
+            engine, slack, owner=owner, clock=clock, watch_channel=settings.incident_channel
+        ),
+        jobs=JobRunner(engine, owner=owner, clock=clock, workers=workers, runs_jobs=runs_jobs),
+        groups=GroupCache(slack),
+        policy=approval.Policy(
+            approvers=settings.snapshot_approvers,
+            required_approvals=settings.restore_approvals,
+            ttl=settings.approval_ttl,
+        ),
+        audit_key=settings.audit_key.encode() if settings.audit_key else None,
+        # Socket Mode has no signing secret; the bot token is as private.
+        metadata_key=view_metadata.metadata_key(
+            settings.slack_signing_secret or settings.slack_bot_token
+        ),
+        installed=Installed(
+            team=install.team_id if install else None,
+            enterprise=install.enterprise_id if install else None,
+        ),
+    )
+    dispatch.register(deps)
+    return deps
+
+
 @dataclass
 class Runtime:
     settings: Settings
     engine: Engine
-    services: Services
+    deps: Deps
     app: App
     duties: Duties
     install: Install | None = None
 
     def stop(self) -> None:
         """Graceful stop (SIGTERM): no new work, running jobs finish, lease handed back."""
-        self.services.jobs.shutdown(wait=True)
+        self.deps.jobs.shutdown(wait=True)
         self.duties.stop()
-        self.services.vps.close()
+        self.deps.vps.close()
         self.engine.dispose()
 
 
@@ -200,7 +277,7 @@ def build_runtime(
     """One process's snapbot. The defaults make a complete install in one process;
     gunicorn's HTTP workers pass ``runs_jobs=False, start_duties=False`` (they only
     acknowledge), and the job worker beside them ``feed_jobs=True`` (bot/worker.py).
-    ``install``: what check_startup found (``Services.install_team``, ``install_enterprise``).
+    ``install``: what check_startup found (``Deps.installed``).
     A database that cannot be used is a ConfigError naming DATABASE_URL."""
     engine = open_engine(settings)
     migrate_or_raise(engine)
@@ -210,30 +287,27 @@ def build_runtime(
         timeout=PROVIDER_TIMEOUT_S,
         retries=PROVIDER_RETRIES,
     )
-    services = Services(
-        settings=settings,
+    deps = make_deps(
+        settings,
         engine=engine,
         vps=vps,
         slack=make_slack_client(settings),
+        owner=owner,
         workers=job_workers,
         runs_jobs=runs_jobs,
-        install_team=install.team_id if install else None,
-        install_enterprise=install.enterprise_id if install else None,
-        **({"owner": owner} if owner else {}),
+        install=install,
     )
-    app = build_app(services)
-    duties = Duties(services, interval=poll_interval)
+    app = build_app(deps)
+    duties = Duties(deps, interval=poll_interval)
     if start_duties:
         duties.start()
     if feed_jobs:
-        services.jobs.start_feeding()
-    log.info(
-        "snapbot ready (owner %s, database %s)", services.owner, settings.redacted_database_url
-    )
+        deps.jobs.start_feeding()
+    log.info("snapbot ready (owner %s, database %s)", deps.owner, settings.redacted_database_url)
     return Runtime(
         settings=settings,
         engine=engine,
-        services=services,
+        deps=deps,
         app=app,
         duties=duties,
         install=install,

@@ -1,6 +1,6 @@
 """Background duties (SPEC §3, §5, §6), done by one process at a time.
 
-Every process runs a ``Duties`` thread. Each cycle it tries to take or renew the
+Every process that runs jobs runs a ``Duties`` thread. Each cycle it tries to take or renew the
 ``duties`` lease; only the holder polls the provider, sweeps expired requests,
 reconciles interrupted restores, resumes orphaned jobs and posts checkpoints, all
 from database state, so a new holder carries on where a dead one stopped. Every
@@ -19,19 +19,14 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 
-from bot.blocks.format import span
-from bot.blocks.notices import (
-    provider_back_notice,
-    provider_down_notice,
-    request_expired_notice,
-    restore_finished_notice,
-    snapshot_ended_notice,
-)
-from bot.blocks.restore import request_expired_note, restore_finished_note
-from bot.blocks.snapshots import create_message, create_thread_reply
+from bot.blocks.notices import provider_back_notice, provider_down_notice
 from bot.core import approval
 from bot.logs import Outage
-from bot.services import Actor, Services, progress_key, request_key
+from bot.services import checkpoints, watches
+from bot.services.auditing import audit
+from bot.services.deps import Deps
+from bot.services.messaging import notify_incident
+from bot.services.restores import decisions, execution, requests
 from bot.user_messages import describe
 from bot.vps.errors import VpsError
 from storage import repositories as repo
@@ -54,15 +49,15 @@ REPORT_SENDERS = 8
 class Duties:
     def __init__(
         self,
-        services: Services,
+        deps: Deps,
         *,
         interval: float | None = None,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
-        self.s = services
-        self.interval = interval if interval is not None else services.settings.poll_seconds
+        self.deps = deps
+        self.interval = interval if interval is not None else deps.settings.poll_seconds
         self.lease = timedelta(seconds=max(3 * self.interval, 10.0))
-        self.clock = clock or services.clock
+        self.clock = clock or deps.clock
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.is_holder = False
@@ -86,8 +81,8 @@ class Duties:
         if self._thread is not None:
             self._thread.join(timeout)
         try:
-            with session_scope(self.s.engine) as s:
-                repo.release_lease(s, name=LEASE_NAME, owner=self.s.owner, now=self.clock())
+            with session_scope(self.deps.engine) as s:
+                repo.release_lease(s, name=LEASE_NAME, owner=self.deps.owner, now=self.clock())
         except Exception:
             log.warning("could not release the duties lease (it lapses by itself)")
         self.is_holder = False
@@ -102,7 +97,7 @@ class Duties:
                     # however long its reporting took (and never a burst of catch-ups).
                     next_duties = time.monotonic() + self.interval
                     self.cycle()
-                self.s.outbox.pump()
+                self.deps.outbox.pump()
             except Exception as exc:
                 # The database (or the provider) may be down: said once, then tried
                 # again less and less often until it works.
@@ -115,9 +110,9 @@ class Duties:
     # --- one cycle
 
     def cycle(self) -> bool:
-        with session_scope(self.s.engine) as s:
+        with session_scope(self.deps.engine) as s:
             self.is_holder = repo.acquire_lease(
-                s, name=LEASE_NAME, owner=self.s.owner, now=self.clock(), ttl=self.lease
+                s, name=LEASE_NAME, owner=self.deps.owner, now=self.clock(), ttl=self.lease
             )
         if not self.is_holder:
             return False
@@ -128,7 +123,7 @@ class Duties:
         self.reconcile_executing()
         self.poll_snapshots()
         self.follow_restores()
-        self.s.jobs.resume_orphans()
+        self.deps.jobs.resume_orphans()
         self.daily_checkpoint()
         self.purge()
         return True
@@ -137,48 +132,21 @@ class Duties:
 
     def expire_requests(self) -> None:
         now = self.clock()
-        with session_scope(self.s.engine, readonly=True) as s:
+        with session_scope(self.deps.engine, readonly=True) as s:
             due = repo.expired_requests(s, now=now)
         for req in due:
-            link = self.s.permalink(req.channel, req.message_ts)  # Slack: outside the transaction
-            with session_scope(self.s.engine) as s:
-                if not repo.transition_request(
-                    s,
-                    request_id=req.id,
-                    from_states=[approval.State.PENDING],
-                    to_state=approval.State.EXPIRED,
-                    decided_at=now,
-                ):
-                    continue
-                req, approvals = self.s._request_view(s, req.id)
-                mids = [
-                    self.s._update_request_message(s, req, approvals),
-                    self.s.outbox.post(
-                        s,
-                        req.channel,
-                        request_expired_note(req),
-                        thread_from=request_key(req.id),
-                        key=f"req:{req.id}:thread:expired",
-                    ),
-                    self.s.notify_incident(
-                        s,
-                        request_expired_notice(req, link),
-                        key=f"incident:req:{req.id}:expired",
-                    ),
-                ]
-                self.s.audit(s, None, "restore.expire", "ok", target=f"request:{req.id}")
-            self.s.outbox.flush(mids)
+            decisions.expire_request(self.deps, req, now)
 
     def cancel_unposted(self) -> None:
-        with session_scope(self.s.engine, readonly=True) as s:
+        with session_scope(self.deps.engine, readonly=True) as s:
             unposted = repo.unposted_requests(s)
         for req, error in unposted:
-            self.s.cancel_unposted_request(req, error)
+            requests.cancel_unposted_request(self.deps, req, error)
 
     def resume_approved(self) -> None:
         """Approved but never started (the approving process died before executing):
         nothing reached the provider yet, so executing now is the first and only call."""
-        with session_scope(self.s.engine, readonly=True) as s:
+        with session_scope(self.deps.engine, readonly=True) as s:
             stalled = repo.requests_in_state(
                 s,
                 states=[approval.State.APPROVED],
@@ -186,10 +154,10 @@ class Duties:
                 column="decided_at",
             )
         for req in stalled:
-            self.s.execute_restore(req.id)
+            execution.execute_restore(self.deps, req.id)
 
     def reconcile_executing(self) -> None:
-        with session_scope(self.s.engine, readonly=True) as s:
+        with session_scope(self.deps.engine, readonly=True) as s:
             stalled = repo.requests_in_state(
                 s,
                 states=[approval.State.EXECUTING],
@@ -197,12 +165,14 @@ class Duties:
                 column="executing_at",
             )
         for req in stalled:
-            self.s.reconcile_restore(req.id, reason="snapbot stopped while calling the provider")
+            execution.reconcile_restore(
+                self.deps, req.id, reason="snapbot stopped while calling the provider"
+            )
 
     # --- watches
 
     def poll_snapshots(self) -> None:
-        with session_scope(self.s.engine, readonly=True) as s:
+        with session_scope(self.deps.engine, readonly=True) as s:
             watches = repo.active_watches(s, kind="snapshot")
         if not watches:
             return
@@ -210,7 +180,7 @@ class Duties:
             self._skip -= 1
             return
         try:
-            snapshots = {snap.id: snap for snap in self.s.vps.list_snapshots()}
+            snapshots = {snap.id: snap for snap in self.deps.vps.list_snapshots()}
         except VpsError as exc:
             self._provider_failed(exc)
             return
@@ -224,165 +194,67 @@ class Duties:
         with ThreadPoolExecutor(REPORT_SENDERS, thread_name_prefix="snapbot-report") as pool:
 
             def send(ids: list[int | None]) -> None:
-                sending.extend(pool.submit(self.s.outbox.deliver, i) for i in ids if i is not None)
+                sending.extend(
+                    pool.submit(self.deps.outbox.deliver, i) for i in ids if i is not None
+                )
 
             for w in watches:
                 snap = snapshots.get(w.snapshot_id)
                 if snap is None:
-                    self._report(w, "gone", None, now, send=send)
+                    watches.report_snapshot(self.deps, w, "gone", None, now, send=send)
                 elif snap.is_terminal:
-                    self._report(w, snap.status, snap.size_mb, now, send=send)
+                    watches.report_snapshot(self.deps, w, snap.status, snap.size_mb, now, send=send)
                 elif now - w.started_at > STUCK_AFTER:
-                    self._report(w, "stuck", None, now, send=send)
+                    watches.report_snapshot(self.deps, w, "stuck", None, now, send=send)
                 elif snap.status != w.last_status:
-                    with session_scope(self.s.engine) as s:
+                    with session_scope(self.deps.engine) as s:
                         repo.note_watch_status(s, watch_id=w.id, status=snap.status, now=now)
         for future in sending:
             if future.exception() is not None:
                 log.warning("a report was not sent yet, the pump retries: %s", future.exception())
 
-    def _report(
-        self,
-        w,
-        status: str,
-        size_mb: int | None,
-        now: datetime,
-        *,
-        send: Callable[[list[int | None]], object] | None = None,
-    ) -> None:
-        # Claim the report and queue the messages in one transaction: exactly one
-        # process ever reports a watch, and the messages then cannot be lost.
-        with session_scope(self.s.engine) as s:
-            if not repo.finish_watch(
-                s, watch_id=w.id, final_status=status, now=now, size_mb=size_mb
-            ):
-                return
-            duration = now - w.started_at
-            reply = create_thread_reply(
-                status=status,
-                name=w.snapshot_name,
-                requester=w.requester,
-                size_mb=size_mb,
-                duration=duration,
-                snapshot_id=w.snapshot_id,
-            )
-            parent_state = status if status in ("completed", "gone", "stuck") else "failed"
-            detail = {"completed": f"Completed in {span(duration)}; see the thread."}.get(
-                parent_state, f"Ended as {status} after {span(duration)}; see the thread."
-            )
-            mids = [
-                self.s.outbox.post(
-                    s, w.channel, reply, thread_from=w.parent_ts, key=f"watch:{w.id}:reply"
-                ),
-                self.s.outbox.update(
-                    s,
-                    w.channel,
-                    create_message(
-                        server_name=w.server_name,
-                        server_id=w.server_id,
-                        name=w.snapshot_name,
-                        requester=w.requester,
-                        state=parent_state,
-                        detail=detail,
-                        snapshot_id=w.snapshot_id,
-                    ),
-                    ts_from=w.parent_ts,
-                    key=f"watch:{w.id}:parent",
-                    after=progress_key(w.parent_ts) if w.parent_ts else None,
-                ),
-            ]
-            if status != "completed":
-                mids.append(
-                    self.s.notify_incident(
-                        s, snapshot_ended_notice(w, status), key=f"incident:watch:{w.id}"
-                    )
-                )
-        (send or self.s.outbox.flush)(mids)
-
     def follow_restores(self) -> None:
-        with session_scope(self.s.engine, readonly=True) as s:
-            watches = repo.active_watches(s, kind="restore")
+        with session_scope(self.deps.engine, readonly=True) as s:
+            followed = repo.active_watches(s, kind="restore")
         now = self.clock()
-        for w in watches:
+        for w in followed:
             try:
-                state = self.s.vps.get_server(w.server_id)
+                state = self.deps.vps.get_server(w.server_id)
             except VpsError:
                 continue
             status = state.status if state is not None else "unknown"
             if status == "restoring" and now - w.started_at <= STUCK_AFTER:
                 continue
-            with session_scope(self.s.engine, readonly=True) as s:
-                req = repo.get_restore_request(s, request_id=w.request_id) if w.request_id else None
-            link = self.s.permalink(req.channel, req.message_ts) if req else None
-            with session_scope(self.s.engine) as s:
-                if not repo.finish_watch(s, watch_id=w.id, final_status=status, now=now):
-                    continue
-                took = span(now - w.started_at)
-                mids = [
-                    # The request message itself shows the end, not only its thread.
-                    self.s.show_restore_end(s, w.request_id, status=status, took=took)
-                    if w.request_id
-                    else None,
-                    self.s.outbox.post(
-                        s,
-                        w.channel,
-                        restore_finished_note(w, status, took),
-                        thread_from=w.parent_ts,
-                        key=f"watch:{w.id}:reply",
-                    ),
-                    self.s.notify_incident(
-                        s,
-                        restore_finished_notice(w, status, took, link),
-                        key=f"incident:watch:{w.id}",
-                    ),
-                ]
-                self.s.audit(
-                    s,
-                    None,
-                    "restore.finished" if status != "restoring" else "restore.stuck",
-                    "ok" if status != "restoring" else "error",
-                    target=f"request:{w.request_id} server:{w.server_id}",
-                    detail=f"server {status} after {took}",
-                )
-            self.s.outbox.flush(mids)
+            watches.report_restore(self.deps, w, status, now)
 
     def _provider_failed(self, exc: VpsError) -> None:
         self.provider_failures += 1
         self._skip = min(MAX_SKIP, 2 ** (self.provider_failures - 1)) - 1
         log.warning("provider poll failed (%s in a row): %s", self.provider_failures, exc)
         if self.provider_failures == PROVIDER_ALERT_AFTER:
-            with session_scope(self.s.engine) as s:
-                mid = self.s.notify_incident(s, provider_down_notice(describe(exc)))
-                self.s.audit(s, None, "provider.list", "error", detail=describe(exc))
-            self.s.outbox.flush([mid])
+            with session_scope(self.deps.engine) as s:
+                mid = notify_incident(self.deps, s, provider_down_notice(describe(exc)))
+                audit(self.deps, s, None, "provider.list", "error", detail=describe(exc))
+            self.deps.outbox.flush([mid])
 
     def _provider_recovered(self) -> None:
         if self.provider_failures >= PROVIDER_ALERT_AFTER:
-            with session_scope(self.s.engine) as s:
-                mid = self.s.notify_incident(s, provider_back_notice())
-            self.s.outbox.flush([mid])
+            with session_scope(self.deps.engine) as s:
+                mid = notify_incident(self.deps, s, provider_back_notice())
+            self.deps.outbox.flush([mid])
         self.provider_failures = 0
         self._skip = 0
 
     # --- housekeeping
 
     def daily_checkpoint(self) -> None:
-        if not self.s.settings.incident_channel:
-            return
-        today = self.clock().date().isoformat()
-        with session_scope(self.s.engine) as s:
-            last = repo.get_setting(s, key="checkpoint_day")
-            if last == today or not repo.claim_setting(
-                s, key="checkpoint_day", expected=last, value=today
-            ):
-                return
-        self.s.post_checkpoint(reason=f"daily, {today}")
+        checkpoints.daily_checkpoint(self.deps, self.clock().date().isoformat())
 
     def purge(self) -> None:
         now = self.clock()
-        with session_scope(self.s.engine) as s:
+        with session_scope(self.deps.engine) as s:
             repo.forget_deliveries(s, before=now - timedelta(days=1))
             repo.purge_finished_jobs(s, before=now - timedelta(days=7))
 
 
-__all__ = ["Actor", "Duties"]
+__all__ = ["Duties"]

@@ -32,6 +32,7 @@ from bot.config import ConfigError, load_settings, web_setting
 from bot.logs import Outage, configure_logging
 from bot.outbox import CHANNEL_HEALTH_KEY
 from bot.runtime import Runtime, build_runtime, check_startup, checked_install, startup_checked
+from bot.services import auditing
 from bot.watcher import LEASE_NAME
 from storage import repositories as repo
 from storage.db import check_database, session_scope, urgent_writes
@@ -89,7 +90,7 @@ class WebApp:
         """A signed body Slack would never send: 400, audited."""
         log.warning("refused a signed but malformed request: %s", problem)
         try:
-            self.runtime.services.record(None, "request.malformed", "denied", detail=problem)
+            auditing.record(self.runtime.deps, None, "request.malformed", "denied", detail=problem)
         except Exception:
             log.warning("could not audit a malformed request")
         return _json(start_response, "400 Bad Request", {"error": "malformed request"})
@@ -120,7 +121,7 @@ class WebApp:
         channel = self.runtime.settings.incident_channel
         try:
             with session_scope(self.runtime.engine, readonly=True) as s:
-                holder = repo.lease_holder(s, name=LEASE_NAME, now=self.runtime.services.clock())
+                holder = repo.lease_holder(s, name=LEASE_NAME, now=self.runtime.deps.clock())
                 queued = repo.count_jobs(s, states=("queued",))
                 # Its last post's outcome, whichever process sent it (bot/outbox.py).
                 health = repo.get_setting(s, key=CHANNEL_HEALTH_KEY) if channel else "unset"

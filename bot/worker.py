@@ -40,8 +40,7 @@ PARENT_CHECK_S = 1.0
 def run_worker(settings: Settings, *, parent_pid: int | None = None, install=None) -> int:
     """Run until SIGTERM (or, with ``parent_pid``, until that process is gone).
     ``install``: what bot.runtime.check_startup found."""
-    from bot.runtime import build_runtime
-    from bot.services import make_owner_id
+    from bot.runtime import build_runtime, make_owner_id
 
     with contextlib.suppress(OSError):
         os.nice(NICE)

@@ -25,7 +25,9 @@ from slack_bolt.adapter.socket_mode import SocketModeHandler
 
 from bot.config import Settings, load_settings
 from bot.runtime import Runtime, build_runtime
-from bot.services import Actor
+from bot.services import door
+from bot.services.actors import Actor
+from bot.services.deps import Deps
 from bot.web import WebApp
 from snapbot_local.provider import SimHandle, start_simulator
 from snapbot_local.slack import FakeSlack
@@ -142,7 +144,7 @@ class SlackUser:
             callback_id,
             values,
             user_id=self.user_id,
-            private_metadata=private_metadata or self.stack.services.seal_opener(opener),
+            private_metadata=private_metadata or door.seal_opener(self.stack.deps, opener),
         )
         return self.stack.send(body)
 
@@ -235,8 +237,8 @@ class LocalStack:
         return self.runtime.settings
 
     @property
-    def services(self):
-        return self.runtime.services
+    def deps(self) -> Deps:
+        return self.runtime.deps
 
     def user(self, user_id: str, channel: str = "C1") -> SlackUser:
         return SlackUser(self, user_id, channel)

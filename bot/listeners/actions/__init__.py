@@ -7,7 +7,9 @@ from slack_bolt import Ack, App, BoltContext
 from bot.blocks import ids
 from bot.blocks.answers import error_message
 from bot.listeners import inbound
-from bot.services import Actor
+from bot.services import auditing, dispatch, door
+from bot.services.actors import Actor
+from bot.services.deps import Deps
 
 
 def action_payload(body: dict, action: dict) -> dict:
@@ -49,13 +51,14 @@ def actor_fields(body: dict) -> dict:
     }
 
 
-def register(app: App, services) -> None:
+def register(app: App, deps: Deps) -> None:
     def on_button(ack: Ack, body: dict, action: dict, context: BoltContext) -> None:
         payload = action_payload(body, action)
         if bad := inbound.controls_in(payload):
             # A button's answer goes through response_url: sent before the ack, since
             # Bolt answers Slack only when this function returns.
-            services.record(
+            auditing.record(
+                deps,
                 Actor.from_payload(inbound.without_controls(payload)),
                 "button.refused",
                 "denied",
@@ -64,7 +67,8 @@ def register(app: App, services) -> None:
                 delivery_key=context.get("delivery_key"),
             )
         else:
-            services.accept("action", payload, delivery_key=context.get("delivery_key"))
+            kind = dispatch.button_job(payload["action_id"], payload["value"])
+            door.accept(deps, kind, payload, delivery_key=context.get("delivery_key"))
         ack()
 
     for action_id in ids.ACTION_IDS:

@@ -6,7 +6,9 @@ from bot.blocks.answers import error_message
 from bot.blocks.help import usage_message
 from bot.core import commands as cmd
 from bot.listeners import inbound
-from bot.services import Actor
+from bot.services import auditing, dispatch, door
+from bot.services.actors import Actor
+from bot.services.deps import Deps
 
 COMMAND = "/snapshot"
 WORKING = {
@@ -35,12 +37,13 @@ def command_payload(body: dict) -> dict:
     }
 
 
-def register(app: App, services) -> None:
+def register(app: App, deps: Deps) -> None:
     @app.command(COMMAND)
     def snapshot_command(ack: Ack, body: dict, context: BoltContext) -> None:
         payload = command_payload(body)
         if bad := inbound.controls_in(payload):
-            services.record(
+            auditing.record(
+                deps,
                 Actor.from_payload(inbound.without_controls(payload)),
                 "command.refused",
                 "denied",
@@ -51,10 +54,14 @@ def register(app: App, services) -> None:
             return
         parsed = cmd.parse(payload["text"])
         # Someone the door turns away is not answered here: the job is, at the door.
-        if isinstance(parsed, cmd.Help | cmd.UsageError) and services.turned_away(payload) is None:
+        if (
+            isinstance(parsed, cmd.Help | cmd.UsageError)
+            and door.turned_away(deps, payload) is None
+        ):
             # Pure and instant: answered in the ack itself.
             problem = parsed.message if isinstance(parsed, cmd.UsageError) else None
-            services.record(
+            auditing.record(
+                deps,
                 Actor.from_payload(payload),
                 "command.invalid" if problem else "command.help",
                 "denied" if problem else "ok",
@@ -63,9 +70,12 @@ def register(app: App, services) -> None:
             )
             ack(**usage_message(cmd.USAGE, problem))
             return
-        services.accept(
-            "command",
-            payload,
+        # Parsed once, here: the job carries the canonical command, not the text.
+        kind, command = dispatch.command_job(parsed)
+        door.accept(
+            deps,
+            kind,
+            {**payload, "command": command},
             delivery_key=context.get("delivery_key"),
             urgent=isinstance(parsed, cmd.OpenCreateModal),
         )

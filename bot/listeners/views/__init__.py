@@ -7,7 +7,9 @@ from bot.blocks.refusals import FORM_NOT_VERIFIED
 from bot.core import commands as cmd
 from bot.listeners import inbound
 from bot.listeners.actions import actor_fields
-from bot.services import Actor
+from bot.services import auditing, door
+from bot.services.actors import Actor
+from bot.services.deps import Deps
 
 # Which form field shows a refusal of control characters in each part of the payload.
 _FIELD_BLOCKS = {
@@ -22,7 +24,7 @@ def _value(state: dict, block: str, action: str) -> str:
     return str(selected.get("value") or field.get("value") or "").strip()
 
 
-def register(app: App, services) -> None:
+def register(app: App, deps: Deps) -> None:
     @app.view(ids.CREATE_MODAL)
     def create_submitted(ack: Ack, body: dict, view: dict, context: BoltContext) -> None:
         who = actor_fields(body)
@@ -40,7 +42,8 @@ def register(app: App, services) -> None:
         # First of all: nothing with a control character is stored or acted on.
         if bad := inbound.controls_in(submitted):
             clean = inbound.without_controls(submitted)
-            services.record(
+            auditing.record(
+                deps,
                 Actor.from_payload(clean),
                 "snapshot.create",
                 "denied",
@@ -54,7 +57,7 @@ def register(app: App, services) -> None:
         # A submission carries no response_url and nothing else of where the modal was
         # opened: that comes from the private_metadata snapbot sealed when it opened
         # the modal, and only if the seal holds for this user.
-        opener = services.opener_of(view.get("private_metadata", ""), who["user"])
+        opener = door.opener_of(deps, view.get("private_metadata", ""), who["user"])
         where = who
         if opener is not None:
             where = {
@@ -63,14 +66,15 @@ def register(app: App, services) -> None:
                 "channel_name": opener.channel_name,
                 "response_url": opener.response_url,
             }
-        if services.turned_away(where) is not None:
+        if door.turned_away(deps, where) is not None:
             # Someone the door turns away is told nothing about the form: the job is
             # refused (and audited) at the door, like every other request.
-            services.accept("create_view", where, delivery_key=context.get("delivery_key"))
+            door.accept(deps, "create_view", where, delivery_key=context.get("delivery_key"))
             ack()
             return
         if opener is None:
-            services.record(
+            auditing.record(
+                deps,
                 Actor.from_payload(who),
                 "snapshot.create",
                 "denied",
@@ -87,7 +91,8 @@ def register(app: App, services) -> None:
             errors[ids.CREATE_NAME_BLOCK] = problem
         if errors:
             # Refused in the form itself, yet still a user action: audited as denied.
-            services.record(
+            auditing.record(
+                deps,
                 Actor.from_payload(where),
                 "snapshot.create",
                 "denied",
@@ -97,7 +102,8 @@ def register(app: App, services) -> None:
             )
             ack(response_action="errors", errors=errors)
             return
-        services.accept(
+        door.accept(
+            deps,
             "create_view",
             {**where, "server": server, "name": name, "description": description},
             delivery_key=context.get("delivery_key"),

@@ -173,8 +173,8 @@ class Duties:
 
     def poll_snapshots(self) -> None:
         with session_scope(self.deps.engine, readonly=True) as s:
-            watches = repo.active_watches(s, kind="snapshot")
-        if not watches:
+            watched = repo.active_watches(s, kind="snapshot")
+        if not watched:
             return
         if self._skip:
             self._skip -= 1
@@ -198,7 +198,7 @@ class Duties:
                     pool.submit(self.deps.outbox.deliver, i) for i in ids if i is not None
                 )
 
-            for w in watches:
+            for w in watched:
                 snap = snapshots.get(w.snapshot_id)
                 if snap is None:
                     watches.report_snapshot(self.deps, w, "gone", None, now, send=send)

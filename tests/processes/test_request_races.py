@@ -188,7 +188,7 @@ def hold_snapshot_lookups(stack: LocalStack, monkeypatch, parties: int) -> None:
     so they all reach "is a request open?" together."""
     barrier = threading.Barrier(parties, timeout=30)
     held_so_far = iter(range(parties))
-    vps = stack.services.vps
+    vps = stack.deps.vps
     real = vps.find_snapshot
 
     def held(*args, **kwargs):

@@ -20,7 +20,8 @@ from sqlalchemy.exc import OperationalError
 from bot.config import ConfigError, Settings
 from bot.jobs import JobRunner
 from bot.runtime import build_runtime, check_startup
-from bot.services import utcnow
+from bot.services.deps import utcnow
+from bot.services.messaging import notify_incident
 from snapbot_local.slack import FakeSlack
 from tests.procs import ROOT, free_port, snapbot_env, start_web, wait_until
 
@@ -319,8 +320,8 @@ def test_check_startup_keeps_the_installs_team_for_the_services(fake_slack, tmp_
     assert (install.team_id, install.enterprise_id, install.bot_user_id) == ("T1", "E0ORG", "UBOT")
     runtime = build_runtime(settings, start_duties=False, install=install)
     try:
-        assert runtime.services.install_team == "T1"
-        assert runtime.services.install_enterprise == "E0ORG"
+        assert runtime.deps.installed.team == "T1"
+        assert runtime.deps.installed.enterprise == "E0ORG"
     finally:
         runtime.stop()
 
@@ -402,7 +403,7 @@ def test_a_database_outage_in_the_background_duties_logs_once_and_logs_recovery(
     with LocalStack(database_url=sqlite_url, start_duties=False) as stack:
         outage = DatabaseDown(stack.runtime.engine, "lease", "outbox")
         outage.down.set()
-        duties = Duties(stack.services, interval=0.05).start()
+        duties = Duties(stack.deps, interval=0.05).start()
         try:
             wait_until(lambda: outage.tries >= 4, timeout=60, what="four tries")
             outage.down.clear()
@@ -537,8 +538,8 @@ def post_incident(stack, text: str) -> None:
     from storage.db import session_scope
 
     with session_scope(stack.runtime.engine) as s:
-        mid = stack.services.notify_incident(s, incident_notice(text, None))
-    stack.services.outbox.flush([mid])
+        mid = notify_incident(stack.deps, s, incident_notice(text, None))
+    stack.deps.outbox.flush([mid])
 
 
 def test_an_unreachable_incident_channel_is_said_loudly_once_and_shown_by_healthz_until_a_post_works(

@@ -143,8 +143,8 @@ TURNED_AWAY = {
 def stack():
     stack = LocalStack(poll_seconds=0.2, restore_seconds=0.5).start()
     # What start-up learns from auth.test (SPEC 13.6).
-    stack.services.install_team = OURS
-    stack.services.install_enterprise = OUR_GRID
+    stack.deps.installed.team = OURS
+    stack.deps.installed.enterprise = OUR_GRID
     yield stack
     problems = stack.slack.invalid_payloads
     stack.stop()
@@ -224,19 +224,19 @@ def open_request(stack: LocalStack):
 
 
 def requests(stack: LocalStack) -> list[RestoreRequest]:
-    with session_scope(stack.services.engine, readonly=True) as s:
+    with session_scope(stack.deps.engine, readonly=True) as s:
         return repo.requests_in_state(
             s, states=["pending", "approved", "executing", "succeeded", "failed"]
         )
 
 
 def approvals(stack: LocalStack, request_id: int) -> frozenset[str]:
-    with session_scope(stack.services.engine, readonly=True) as s:
+    with session_scope(stack.deps.engine, readonly=True) as s:
         return repo.approvers_of(s, request_id=request_id)
 
 
 def door_refusals(stack: LocalStack) -> list:
-    with session_scope(stack.services.engine, readonly=True) as s:
+    with session_scope(stack.deps.engine, readonly=True) as s:
         rows = list(reversed(repo.latest_audit(s, limit=1000)))
     return [r for r in rows if r.detail.startswith(DOOR)]
 
@@ -303,8 +303,8 @@ def test_a_slack_connect_modal_naming_the_other_side_is_refused_when_the_install
     # Before auth.test is known, the installing team comes from the request: a modal
     # opened in a shared channel names the other side in `team` and ours only in
     # view.app_installed_team_id (bolt-python's connect_channel_payload).
-    stack.services.install_team = None
-    stack.services.install_enterprise = None
+    stack.deps.installed.team = None
+    stack.deps.installed.enterprise = None
     submit_create(stack, Who("U3", team="T9"), installed_team_id=OURS)
     wait_until(lambda: door_refusals(stack), what="the submission refused at the door")
     stack.wait_settled()
@@ -318,7 +318,7 @@ def test_a_slack_connect_partner_in_slack_allowed_teams_may_approve():
         poll_seconds=0.2, restore_seconds=0.5, settings_overrides={"slack_allowed_teams": "T9"}
     ).start()
     try:
-        stack.services.install_team = OURS
+        stack.deps.installed.team = OURS
         request = open_request(stack)
         press(stack, Who("U3", user_team="T9"), request, ids.APPROVE)
         wait_until(lambda: restore_calls(stack) == 1, what="the partner's approval to restore")
@@ -334,11 +334,11 @@ def test_while_slack_has_not_named_the_install_the_door_refuses_and_asks_again(s
     names only one team, so until the install is known a Slack Connect partner's
     command cannot be told from ours: everyone is refused, and auth.test is asked
     again (here at once) until it answers."""
-    import bot.services
+    from bot.services import door
 
-    stack.services.install_team = None
-    stack.services.install_enterprise = None
-    monkeypatch.setattr(bot.services, "INSTALL_RETRY_S", 0.0)
+    stack.deps.installed.team = None
+    stack.deps.installed.enterprise = None
+    monkeypatch.setattr(door, "INSTALL_RETRY_S", 0.0)
     stack.slack.fail_next("auth.test", 1, status=500)
     command(stack, Who("U3", team="T9"), "list")
     said = wait_for_ephemeral(stack, "U3", "snapbot did nothing")
@@ -350,7 +350,7 @@ def test_while_slack_has_not_named_the_install_the_door_refuses_and_asks_again(s
     # Slack answers again: the install is learnt, ours pass and the partner does not.
     command(stack, Who("UBOB", team=stack.slack.team_id), "list")
     wait_for_ephemeral(stack, "UBOB", "snapshot(s)")
-    assert stack.services.install_team == stack.slack.team_id
+    assert stack.deps.installed.team == stack.slack.team_id
     command(stack, Who("U3", team="T9"), "pending")
     stack.wait_settled()
     assert len(door_refusals(stack)) == 2

@@ -89,7 +89,7 @@ def open_request(stack: LocalStack, requester: str = "UALICE", snapshot: int = S
 
 
 def load(stack: LocalStack, request_id: int) -> RestoreRequest:
-    with session_scope(stack.services.engine, readonly=True) as s:
+    with session_scope(stack.deps.engine, readonly=True) as s:
         return repo.get_restore_request(s, request_id=request_id)
 
 
@@ -101,7 +101,7 @@ def quiet(stack: LocalStack, timeout: float = 15.0) -> None:
     """Every acknowledged request has been handled and every message delivered."""
 
     def done():
-        with session_scope(stack.services.engine, readonly=True) as s:
+        with session_scope(stack.deps.engine, readonly=True) as s:
             return (
                 repo.count_jobs(s, states=["queued", "running"]) == 0
                 and repo.count_messages(s, state="pending") == 0
@@ -111,7 +111,7 @@ def quiet(stack: LocalStack, timeout: float = 15.0) -> None:
 
 
 def audit(stack: LocalStack, action: str | None = None, actor: str | None = None):
-    with session_scope(stack.services.engine, readonly=True) as s:
+    with session_scope(stack.deps.engine, readonly=True) as s:
         rows = list(reversed(repo.latest_audit(s, limit=1000)))
     return [
         r
@@ -271,7 +271,7 @@ def test_two_approvals_needed_one_approver_clicking_twice_does_not_execute(start
     assert restore_calls(stack) == 0
     assert state_of(stack, rid) == "pending"
     assert has_buttons(current(stack, req))
-    with session_scope(stack.services.engine, readonly=True) as s:
+    with session_scope(stack.deps.engine, readonly=True) as s:
         assert repo.approvers_of(s, request_id=rid) == {"UBOB"}
 
     stack.user("UCAROL").press(current(stack, req), ids.APPROVE)
@@ -474,7 +474,7 @@ def test_sixteen_simultaneous_approvers_restore_exactly_once(start):
     for user in users:
         if user != winner:
             wait_ephemeral(stack, user, f"already approved by <@{winner}>")
-    with session_scope(stack.services.engine, readonly=True) as s:
+    with session_scope(stack.deps.engine, readonly=True) as s:
         assert repo.approvers_of(s, request_id=rid) == {winner}
 
 
@@ -503,7 +503,7 @@ def test_simultaneous_approvers_with_a_quorum_of_two_restore_exactly_once(start)
     quiet(stack)
     assert restore_calls(stack) == 1
     req_row = load(stack, rid)
-    with session_scope(stack.services.engine, readonly=True) as s:
+    with session_scope(stack.deps.engine, readonly=True) as s:
         approvers = repo.approvers_of(s, request_id=rid)
     assert len(approvers) == 2 and req_row.decided_by in approvers
     rows = audit(stack, "restore.approve")
@@ -602,14 +602,14 @@ def test_execution_caught_in_executing_is_reconciled_from_the_provider(start, se
     if server_restoring:
         stack.sim.state.restore_snapshot(SNAPSHOT)  # the call had reached the provider
     # As if a process died after committing `executing` and before the provider answered.
-    with session_scope(stack.services.engine) as s:
+    with session_scope(stack.deps.engine) as s:
         s.execute(
             update(RestoreRequest)
             .where(RestoreRequest.id == rid)
             .values(
                 state="executing",
                 decided_by="UBOB",
-                executing_at=stack.services.clock() - timedelta(minutes=10),
+                executing_at=stack.deps.clock() - timedelta(minutes=10),
                 executor="dead-process",
             )
         )

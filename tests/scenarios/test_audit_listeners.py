@@ -64,12 +64,12 @@ def locked(tmp_path_factory):
 
 
 def last_id(stack: LocalStack) -> int:
-    with session_scope(stack.services.engine, readonly=True) as s:
+    with session_scope(stack.deps.engine, readonly=True) as s:
         return repo.audit_head(s)[0]
 
 
 def rows_after(stack: LocalStack, after: int) -> list[AuditEvent]:
-    with session_scope(stack.services.engine, readonly=True) as s:
+    with session_scope(stack.deps.engine, readonly=True) as s:
         return list(
             s.execute(
                 select(AuditEvent).where(AuditEvent.id > after).order_by(AuditEvent.id)
@@ -92,7 +92,7 @@ def wait_row(stack: LocalStack, after: int, action: str, *, actor: str | None = 
 
 
 def jobs_left(stack: LocalStack) -> int:
-    with session_scope(stack.services.engine, readonly=True) as s:
+    with session_scope(stack.deps.engine, readonly=True) as s:
         return repo.count_jobs(s, states=("queued", "running"))
 
 
@@ -354,7 +354,7 @@ def test_rejecting_and_cancelling_write_their_rows(stack):
 
 
 def _open_requests(stack):
-    with session_scope(stack.services.engine, readonly=True) as s:
+    with session_scope(stack.deps.engine, readonly=True) as s:
         return repo.open_request_for_snapshot(s, snapshot_id=801)
 
 
@@ -485,7 +485,7 @@ def test_checkpoint_after_a_restore_verifies_then_catches_a_cut_tail(tmp_path, m
             what="a checkpoint in the incident channel",
         )
         assert reason == "after restore #1"
-        with session_scope(s.services.engine, readonly=True) as db:
+        with session_scope(s.deps.engine, readonly=True) as db:
             assert db.get(AuditEvent, count).hash == head
             restored = db.execute(
                 select(AuditEvent.id).where(AuditEvent.action == "provider.restore")
@@ -502,7 +502,7 @@ def test_checkpoint_after_a_restore_verifies_then_catches_a_cut_tail(tmp_path, m
     assert main(["audit", "verify", "--checkpoint", f"{count}:{head}"]) == 0
     # Cut the tail at the checkpoint's last row, and move the head back as a careful
     # attacker would: the chain alone still verifies; the checkpoint does not.
-    engine = s.services.engine
+    engine = s.deps.engine
     with engine.begin() as conn:
         conn.execute(text("DELETE FROM audit_event WHERE id >= :c"), {"c": count})
         prev = conn.execute(
@@ -522,13 +522,11 @@ def test_the_daily_checkpoint_is_posted_once_a_day_by_two_duties_instances(tmp_p
     s = start(tmp_path, "daily", start_duties=False)
     other = build_runtime(s.settings, start_duties=False)
     today = [datetime(2025, 3, 1, 9, 0, tzinfo=UTC)]
-    duties = [
-        Duties(svc, interval=0.2, clock=lambda: today[0]) for svc in (s.services, other.services)
-    ]
+    duties = [Duties(svc, interval=0.2, clock=lambda: today[0]) for svc in (s.deps, other.deps)]
     try:
 
         def daily_posts():
-            with session_scope(s.services.engine, readonly=True) as db:
+            with session_scope(s.deps.engine, readonly=True) as db:
                 return [
                     p
                     for p in db.execute(select(Outbox.payload)).scalars()

@@ -39,7 +39,8 @@ import pytest
 from sqlalchemy import select
 
 from bot.blocks import ids
-from bot.services import Actor
+from bot.services import door
+from bot.services.actors import Actor
 from snapbot_local.slack.signing import (
     block_actions_body,
     button_press_body,
@@ -523,7 +524,7 @@ def buttons(run: Run, seen: dict, spare: dict[str, int]) -> None:
 
 def _view_body(run: Run, user: str, server: str, name: str) -> bytes:
     """The form as snapbot opened it for ``user`` in the channel (its sealed metadata)."""
-    opener = run.stack.services.seal_opener(Actor(user=user, channel=CHANNEL))
+    opener = door.seal_opener(run.stack.deps, Actor(user=user, channel=CHANNEL))
     return view_submission_body(
         ids.CREATE_MODAL,
         {

@@ -19,7 +19,7 @@ import secrets
 import threading
 import uuid
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import httpx
@@ -28,7 +28,10 @@ from sqlalchemy import create_engine, select, text
 
 from bot.audit_tools import verify
 from bot.blocks import ids
-from bot.services import Actor, Services, make_slack_client
+from bot.runtime import make_deps, make_slack_client
+from bot.services import auditing, dispatch, door
+from bot.services.actors import Actor
+from bot.services.restores import decisions
 from bot.vps.client import VpsClient
 from bot.worker import JOB_THREADS
 from snapbot_local.provider import SimHandle, SimServer, start_simulator
@@ -176,9 +179,9 @@ def writes(stack: LocalStack) -> Counter:
 def fast_client(stack: LocalStack, timeout: float) -> None:
     """The bot's real provider client with a short timeout (production: 5 s), so a
     timeout drill takes a second, not five."""
-    stack.services.vps = VpsClient(
-        stack.sim.url, VPS_TOKEN, timeout=timeout, retries=2, backoff_base=0.05
-    )
+    fast = VpsClient(stack.sim.url, VPS_TOKEN, timeout=timeout, retries=2, backoff_base=0.05)
+    # Jobs run with the fast client from here on (the shared Deps is frozen: a copy).
+    dispatch.register(replace(stack.deps, vps=fast))
 
 
 @pytest.fixture
@@ -626,13 +629,13 @@ def test_sqlite_under_sixteen_concurrent_writers_never_says_database_is_locked(t
         posted = {r.id: r.message_ts for r in requests_of(stack.runtime.engine)}
 
         other_engine = make_engine(url)
-        second = Services(
-            settings=stack.settings,
+        second = make_deps(
+            stack.settings,
             engine=other_engine,
             vps=VpsClient(stack.sim.url, VPS_TOKEN),
             slack=make_slack_client(stack.settings),
         )
-        services = [stack.services, second]
+        services = [stack.deps, second]
         errors: list[str] = []
         rounds = 6
         barrier = threading.Barrier(16)
@@ -645,9 +648,11 @@ def test_sqlite_under_sixteen_concurrent_writers_never_says_database_is_locked(t
             try:
                 barrier.wait()
                 for k in range(rounds):
-                    svc.record(actor, "drill.write", "ok", detail=f"{n}/{k}")
-                    svc.accept("command", {"text": "pending", "user": actor.user, "channel": "C1"})
-                svc.approve(actor, requests[n % 4])
+                    auditing.record(svc, actor, "drill.write", "ok", detail=f"{n}/{k}")
+                    door.accept(
+                        svc, "pending.show", {"user": actor.user, "channel": "C1", "command": {}}
+                    )
+                decisions.approve(svc, actor, requests[n % 4])
             except Exception as exc:  # what a writer saw, e.g. "database is locked"
                 errors.append(f"{n}: {type(exc).__name__}: {exc}")
 
@@ -667,7 +672,11 @@ def test_sqlite_under_sixteen_concurrent_writers_never_says_database_is_locked(t
             assert sorted(audit_rows) == sorted(
                 f"{n}/{k}" for n in range(16) for k in range(rounds)
             )
-            jobs = s.execute(select(Job.state, Job.error).where(Job.kind == "command")).all()
+            jobs = s.execute(
+                select(Job.state, Job.error).where(
+                    Job.kind.in_(("pending.show", "restore.request"))
+                )
+            ).all()
             approvals = s.execute(select(Approval.request_id, Approval.approver)).all()
         assert Counter(j.state for j in jobs) == Counter({"done": 16 * rounds + 4})
         assert all(not j.error for j in jobs)
@@ -780,7 +789,9 @@ def test_sigterm_mid_restore_and_holding_the_lease_loses_nothing(tmp_path):
         restore_held.release()
         with session_scope(engine, readonly=True) as s:
             job_worker = (
-                s.execute(select(Job.owner).where(Job.state == "running", Job.kind == "command"))
+                s.execute(
+                    select(Job.owner).where(Job.state == "running", Job.kind == "snapshot.list")
+                )
                 .scalars()
                 .first()
             )
@@ -891,7 +902,7 @@ def test_the_secret_scan_finds_a_token_planted_in_logs_database_and_slack(tmp_pa
         token = stack.settings.vps_api_token
         watched = secret_scan._live[id(stack)]
         assert secret_scan.scan_stack(watched) == []
-        stack.services.record(Actor(user="U1"), "drill.plant", "ok", detail=f"oops {token}")
+        auditing.record(stack.deps, Actor(user="U1"), "drill.plant", "ok", detail=f"oops {token}")
         stack.slack.reset()
         stack.user("U1").command(f"restore 801 {stack.settings.slack_bot_token}")
         wait_settled(stack)

@@ -19,8 +19,7 @@ from sqlalchemy import inspect, text
 from bot.blocks import ids
 from bot.config import Settings
 from bot.logs import LineFormatter, ScrubFilter, event_line, register_secret
-from bot.runtime import build_runtime
-from bot.services import make_slack_client
+from bot.runtime import build_runtime, make_slack_client
 from bot.user_messages import describe
 from bot.vps.client import VpsClient
 from bot.vps.errors import VpsError

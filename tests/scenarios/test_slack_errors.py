@@ -516,7 +516,7 @@ def test_a_second_delete_press_after_the_first_finished_says_who_deleted_it(stac
 
 
 def test_a_second_delete_press_while_the_first_is_at_the_provider_deletes_once(stack):
-    services = stack.services
+    services = stack.deps
     real_delete, entered, release = (
         services.vps.delete_snapshot,
         threading.Event(),
@@ -571,7 +571,7 @@ def test_deletion_claims_let_one_through_and_a_failed_or_abandoned_one_be_tried_
 
 
 def test_a_delete_that_crashes_frees_its_claim_for_the_next_press(stack):
-    services = stack.services
+    services = stack.deps
     real_delete = services.vps.delete_snapshot
 
     def broken(snapshot_id):

@@ -14,7 +14,8 @@ import pytest
 from sqlalchemy import func, select
 
 from bot.blocks import ids
-from bot.services import Actor
+from bot.services import door
+from bot.services.actors import Actor
 from snapbot_local.slack.blockkit import validate_message_blocks
 from snapbot_local.slack.signing import (
     button_press_body,
@@ -176,7 +177,7 @@ def test_a_replayed_button_press_modal_submission_or_help_is_done_once(stack):
             ids.CREATE_DESCRIPTION_BLOCK: {ids.CREATE_DESCRIPTION_ACTION: None},
         },
         user_id="U1",
-        private_metadata=stack.services.seal_opener(Actor(user="U1", channel="C1")),
+        private_metadata=door.seal_opener(stack.deps, Actor(user="U1", channel="C1")),
     )
     help_body = slash_command_body("help", user_id="U1")
     for body in (press, submit, help_body):

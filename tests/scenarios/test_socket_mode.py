@@ -21,6 +21,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from bot.blocks import ids
+from bot.services import door
 from snapbot_local.provider import start_simulator
 from snapbot_local.slack import FakeSlack
 from snapbot_local.slack.signing import (
@@ -254,16 +255,16 @@ def test_a_cut_connection_reconnects_and_every_acknowledged_command_is_acted_on(
     # their acks then leave on whatever connection there is, or are lost with it.
     held_urls = {socket_payload(b)["response_url"] for b in bodies[7:]}
     release, inside = threading.Event(), threading.Semaphore(0)
-    accept = stack.services.accept
+    accept = door.accept
 
-    def accept_then_hold(kind, payload, **kw):
-        stored = accept(kind, payload, **kw)
+    def accept_then_hold(deps, kind, payload, **kw):
+        stored = accept(deps, kind, payload, **kw)
         if payload.get("response_url") in held_urls:
             inside.release()
             assert release.wait(30), "the test never released the held acks"
         return stored
 
-    monkeypatch.setattr(stack.services, "accept", accept_then_hold)
+    monkeypatch.setattr(door, "accept", accept_then_hold)
     before = [socket.deliver(body) for body in bodies]
     for envelope in before[:7]:
         socket.wait_ack(envelope)

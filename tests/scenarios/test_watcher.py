@@ -17,6 +17,7 @@ from sqlalchemy import func, select, update
 
 from bot.blocks import ids
 from bot.blocks.format import size
+from bot.services import watches as watches_
 from bot.watcher import MAX_SKIP, PROVIDER_ALERT_AFTER, STUCK_AFTER
 from snapbot_local.stack import LocalStack
 from storage import repositories as repo
@@ -66,12 +67,12 @@ def list_calls(stack: LocalStack) -> int:
 
 
 def watches(stack: LocalStack) -> list[Watch]:
-    with session_scope(stack.services.engine, readonly=True) as s:
+    with session_scope(stack.deps.engine, readonly=True) as s:
         return list(s.execute(select(Watch).order_by(Watch.id)).scalars())
 
 
 def pending_messages(stack: LocalStack) -> int:
-    with session_scope(stack.services.engine, readonly=True) as s:
+    with session_scope(stack.deps.engine, readonly=True) as s:
         return repo.count_messages(s, state="pending")
 
 
@@ -95,7 +96,7 @@ def create(stack: LocalStack, name: str, server: int = 12346, user: str = "U1"):
 
 def backdate(stack: LocalStack, watch_id: int, by: timedelta) -> None:
     """The watch started ``by`` ago (a duration the reply can be checked against)."""
-    with session_scope(stack.services.engine) as s:
+    with session_scope(stack.deps.engine) as s:
         started = s.get(Watch, watch_id).started_at
         s.execute(update(Watch).where(Watch.id == watch_id).values(started_at=started - by))
 
@@ -188,11 +189,11 @@ def test_create_resumed_after_its_watch_was_recorded_is_still_reported_once(stac
     (kill -9 while posting the 'being created' edit): the lease holder resumes the job,
     finds the snapshot by name, and must not start a second watch of it."""
     parent, _ = create(stack, "resumed")
-    engine = stack.services.engine
+    engine = stack.deps.engine
     with session_scope(engine) as s:
         job = s.execute(select(Job)).scalar_one()
         assert json.loads(job.progress)["create_sent"]
-        past = stack.services.clock() - timedelta(minutes=10)
+        past = stack.deps.clock() - timedelta(minutes=10)
         s.execute(update(Job).where(Job.id == job.id).values(state="running", lease_until=past))
     stack.runtime.duties.cycle()  # the holder resumes orphaned jobs
 
@@ -233,11 +234,11 @@ def test_many_watches_cost_exactly_one_list_call_per_cycle(any_stack):
     """15 watches (5 on each server, the provider's limit), seeded straight into the
     simulator and the database with their channel messages."""
     stack = any_stack
-    state, outbox = stack.sim.state, stack.services.outbox
+    state, outbox = stack.sim.state, stack.deps.outbox
     for seeded in (801, 798):
         state.delete_snapshot(seeded)  # room for 5 on each of the 3 servers
     names, mids = [], []
-    with session_scope(stack.services.engine) as s:
+    with session_scope(stack.deps.engine) as s:
         for server in (12345, 12346, 12347):
             for i in range(5):
                 snap = state.create_snapshot({"server_id": server, "name": f"s{server}-{i}"})
@@ -254,7 +255,7 @@ def test_many_watches_cost_exactly_one_list_call_per_cycle(any_stack):
                         channel="C1",
                         parent_ts=key,
                         requester="U1",
-                        started_at=stack.services.clock(),
+                        started_at=stack.deps.clock(),
                     ),
                 )
     assert all(d.sent for d in outbox.flush(mids))
@@ -293,7 +294,7 @@ def test_reply_answered_429_twice_still_arrives_exactly_once(stack):
     (reply,) = replies(stack, parent)
     assert "completed" in reply.text
     stack.runtime.duties.cycle()
-    assert stack.services.outbox.pump() == 0
+    assert stack.deps.outbox.pump() == 0
     assert len(replies(stack, parent)) == 1
 
 
@@ -317,11 +318,11 @@ def test_reply_refused_with_500_is_sent_later_by_the_pump_exactly_once(stack):
     stack.sim.state.advance(NEVER)
     stack.runtime.duties.cycle()
     assert replies(stack, parent) == []
-    with session_scope(stack.services.engine, readonly=True) as s:
+    with session_scope(stack.deps.engine, readonly=True) as s:
         row = s.execute(select(Outbox).where(Outbox.key.like("watch:%:reply"))).scalar_one()
     assert (row.state, row.attempts) == ("pending", 1) and row.error
 
-    outbox = stack.services.outbox
+    outbox = stack.deps.outbox
     wait_until(lambda: outbox.pump() or replies(stack, parent), what="the retried reply")
     (reply,) = replies(stack, parent)
     assert reply.thread_ts == parent.ts and "completed" in reply.text
@@ -342,7 +343,7 @@ def test_a_late_in_progress_update_never_overwrites_the_final_status(stack):
     stack.sim.state.advance(NEVER)
     stack.runtime.duties.cycle()
     assert len(replies(stack, parent)) == 1
-    outbox = stack.services.outbox
+    outbox = stack.deps.outbox
     wait_until(
         lambda: (outbox.pump() or True) and pending_messages(stack) == 0,
         what="every queued message handled",
@@ -396,9 +397,9 @@ def test_only_the_lease_holder_polls_and_reports(sqlite_url):
         assert second.sim.state.stats()["total"] == 0
         assert first.runtime.duties.cycle()
         assert len(replies(first, parent)) == 1
-        with session_scope(first.services.engine, readonly=True) as s:
-            holder = repo.lease_holder(s, name="duties", now=first.services.clock())
-            assert holder == first.services.owner
+        with session_scope(first.deps.engine, readonly=True) as s:
+            holder = repo.lease_holder(s, name="duties", now=first.deps.clock())
+            assert holder == first.deps.owner
             assert s.scalar(select(func.count()).select_from(Watch)) == 1
         first.runtime.duties.stop()  # SIGTERM hands the lease back at once
         assert second.runtime.duties.cycle()
@@ -411,13 +412,13 @@ def test_a_stale_holder_cannot_report_a_watch_already_reported(sqlite_url):
     took over and reported, loses the conditional claim and posts nothing."""
     with new_stack(sqlite_url) as first, new_stack(sqlite_url) as second:
         parent, _ = create(first, "claimed-once")
-        with session_scope(second.services.engine, readonly=True) as s:
+        with session_scope(second.deps.engine, readonly=True) as s:
             (stale,) = repo.active_watches(s, kind="snapshot")
         first.sim.state.advance(NEVER)
         first.runtime.duties.cycle()
         assert len(replies(first, parent)) == 1
         # By the time the stale holder looks, the provider no longer lists it.
-        second.runtime.duties._report(stale, "gone", None, second.services.clock())
+        watches_.report_snapshot(second.deps, stale, "gone", None, second.deps.clock())
         assert second.slack.calls() == []
         assert len(replies(first, parent)) == 1
         assert pending_messages(first) == 0
@@ -495,7 +496,7 @@ def test_the_finished_edit_waits_for_a_delayed_earlier_edit_and_lands_last(resto
     assert request_edits(stack, request) == []  # neither has reached Slack yet
     stack.sim.state.advance(NEVER)
     stack.runtime.duties.cycle()
-    outbox = stack.services.outbox
+    outbox = stack.deps.outbox
     wait_until(
         lambda: outbox.pump() is not None and pending_messages(stack) == 0,
         what="every edit sent",

@@ -6,9 +6,9 @@ DELETE_CONFIRM = "snapshot_delete_confirm"
 DELETE_CANCEL = "snapshot_delete_cancel"
 APPROVE = "restore_approve"
 REJECT = "restore_reject"
-LIST_MORE = "snapshot_list_more"
 
-ACTION_IDS = (RESTORE_OPEN, DELETE_OPEN, DELETE_CONFIRM, DELETE_CANCEL, APPROVE, REJECT, LIST_MORE)
+# Exactly the ids the builders emit (tests/contracts): each has a listener and a job kind.
+ACTION_IDS = (RESTORE_OPEN, DELETE_OPEN, DELETE_CONFIRM, DELETE_CANCEL, APPROVE, REJECT)
 
 CREATE_MODAL = "snapshot_create_modal"
 CREATE_SERVER_BLOCK = "server"

@@ -40,6 +40,7 @@ from bot.config import Settings
 from bot.core import commands as cmd
 from bot.listeners.commands import COMMAND
 from bot.runtime import Runtime, build_runtime
+from bot.services import dispatch
 from bot.vps.models import Server, Snapshot
 from bot.web import WebApp
 from snapbot_local.slack.signing import (
@@ -193,6 +194,9 @@ def test_every_button_the_builders_emit_uses_an_id_from_the_registry():
                     emitted.add(element["action_id"])
     assert emitted, "the builders emitted no buttons at all"
     assert emitted <= set(ids.ACTION_IDS), emitted - set(ids.ACTION_IDS)
+    # ... and every id registered is one a builder emits: none waits for a press that
+    # can never come.
+    assert set(ids.ACTION_IDS) <= emitted, set(ids.ACTION_IDS) - emitted
     # the modal's callback id too
     modal = create_modal(metadata="C1", servers=None)
     assert modal["callback_id"] in ids.VIEW_CALLBACK_IDS
@@ -466,3 +470,38 @@ def test_the_offline_stack_is_installed_as_its_own_package():
     assert "snapbot_local*" in include
     assert pyproject["project"]["scripts"]["snapbot"] == "bot.__main__:main"
     assert not (ROOT / "bot" / "devtools").exists()
+
+
+def test_the_action_ids_with_a_listener_of_their_own_are_exactly_the_emitted_ones(runtime):
+    """Walk every id-like constant (and the list's former 'more' button): the ones with
+    a listener of their own are exactly the registry's, which the builders emit."""
+    app = runtime.app
+    catch_all = listeners_for(app, press("no-such-snapbot-action"))
+    candidates = {v for k, v in vars(ids).items() if k.isupper() and isinstance(v, str)}
+    candidates.add("snapshot_list_more")
+    registered = {
+        action_id
+        for action_id in candidates
+        if any(listener not in catch_all for listener in listeners_for(app, press(action_id)))
+    }
+    assert registered == set(ids.ACTION_IDS)
+
+
+def test_every_button_and_command_names_a_job_kind_with_a_use_case():
+    for action_id in ids.ACTION_IDS:
+        kind = dispatch.button_job(action_id, "801:U1")
+        assert kind in dispatch.JOB_HANDLERS and kind != "button.unknown", action_id
+    assert dispatch.button_job("snapshot_list_more", "1") == "button.unknown"
+    for text in (
+        "list",
+        "create 1 n",
+        "create",
+        "restore 801 r",
+        "delete 801",
+        "audit",
+        "pending",
+        "help",
+        "frobnicate",
+    ):
+        kind, _ = dispatch.command_job(cmd.parse(text))
+        assert kind in dispatch.JOB_HANDLERS, text

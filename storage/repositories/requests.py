@@ -9,6 +9,7 @@ from datetime import datetime
 from sqlalchemy import String, cast, literal, select, update
 from sqlmodel import Session
 
+from bot.core.approval import IllegalTransition, check_transition
 from storage.repositories._sql import _insert, _inserted
 from storage.tables import Approval, Outbox, RestoreRequest
 
@@ -54,13 +55,29 @@ def transition_request(
     session: Session, *, request_id: int, from_states: Iterable[str], to_state: str, **values
 ) -> bool:
     """Move a request on only if it is still in one of ``from_states``; the row count
-    says whether this caller won."""
+    says whether this caller won. Every ``from -> to_state`` pair must be in
+    bot.core.approval.TRANSITIONS: any other (or an unknown state, or no from-state at
+    all) raises IllegalTransition before any SQL, so no caller can skip the approval."""
+    from_states = tuple(from_states)
+    _check_transitions(from_states, to_state)
     result = session.execute(
         update(RestoreRequest)
-        .where(RestoreRequest.id == request_id, RestoreRequest.state.in_(tuple(from_states)))
+        .where(RestoreRequest.id == request_id, RestoreRequest.state.in_(from_states))
         .values(state=to_state, **values)
     )
     return result.rowcount == 1
+
+
+def _check_transitions(from_states: tuple[str, ...], to_state: str) -> None:
+    if not from_states:
+        raise IllegalTransition(f"a restore request cannot go to {to_state} from no state")
+    try:
+        for current in from_states:
+            check_transition(current, to_state)
+    except IllegalTransition:
+        raise
+    except ValueError as exc:  # a name that is no State at all
+        raise IllegalTransition(f"a restore request has no such state: {exc}") from None
 
 
 def set_request_message(session: Session, *, request_id: int, channel: str, ts: str) -> None:

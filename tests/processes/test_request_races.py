@@ -51,6 +51,28 @@ def new_request(requester: str, snapshot_id: int = SNAPSHOT) -> RestoreRequest:
     )
 
 
+# The legal way into each state (bot.core.approval.TRANSITIONS; the repository refuses others).
+PATH = {
+    "approved": ("approved",),
+    "executing": ("approved", "executing"),
+    "succeeded": ("approved", "executing", "succeeded"),
+    "failed": ("approved", "executing", "failed"),
+    "interrupted": ("approved", "executing", "interrupted"),
+}
+
+
+def move_to(s, request_id: int, state: str) -> bool:
+    """Move a pending request on to ``state`` through the states before it."""
+    current = "pending"
+    for step in PATH.get(state, (state,)):
+        if not repo.transition_request(
+            s, request_id=request_id, from_states=[current], to_state=step
+        ):
+            return False
+        current = step
+    return True
+
+
 def active_requests(engine, snapshot_id: int = SNAPSHOT) -> list[RestoreRequest]:
     with session_scope(engine, readonly=True) as s:
         return [r for r in repo.requests_in_state(s, states=ACTIVE) if r.snapshot_id == snapshot_id]
@@ -94,9 +116,7 @@ def test_a_closed_request_frees_its_snapshot_for_a_new_one(engine, closed):
         first = repo.open_restore_request(s, new_request("UALICE"))
     with session_scope(engine) as s:
         assert repo.open_restore_request(s, new_request("UBOB")) is None
-        assert repo.transition_request(
-            s, request_id=first.id, from_states=["pending"], to_state=closed
-        )
+        assert move_to(s, first.id, closed)
     with session_scope(engine) as s:
         second = repo.open_restore_request(s, new_request("UBOB"))
     assert second is not None and second.id != first.id
@@ -107,9 +127,7 @@ def test_a_closed_request_frees_its_snapshot_for_a_new_one(engine, closed):
 def test_an_approved_or_executing_request_still_holds_its_snapshot(engine, still_active):
     with session_scope(engine) as s:
         first = repo.open_restore_request(s, new_request("UALICE"))
-        repo.transition_request(
-            s, request_id=first.id, from_states=["pending"], to_state=still_active
-        )
+        assert move_to(s, first.id, still_active)
     with session_scope(engine) as s:
         assert repo.open_restore_request(s, new_request("UBOB")) is None
         # Another snapshot is not held by it.

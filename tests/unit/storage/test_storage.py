@@ -1,12 +1,17 @@
+import itertools
 import threading
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import inspect, select
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import event, inspect, select
 
 from bot.core import audit_chain
+from bot.core.approval import TRANSITIONS, IllegalTransition, State
 from storage import repositories as repo
 from storage.db import make_engine, migrate, session_scope
-from storage.tables import AuditEvent
+from storage.tables import AuditEvent, RestoreRequest
 
 
 def now():
@@ -163,3 +168,139 @@ def test_concurrent_audit_appends_keep_one_chain(engine):
     assert result.rows == 320
     with session_scope(engine) as s:
         assert repo.audit_head(s) == (320, result.head_hash)
+
+
+# --- a restore request moves only along bot.core.approval.TRANSITIONS ----------------------
+
+LEGAL = {(a, b) for a, targets in TRANSITIONS.items() for b in targets}
+
+# Every from -> to pair production asks transition_request for (bot/services.py,
+# bot/watcher.py): posting failed for good, approve, reject/cancel, expire, start the
+# provider call, the snapshot gone before it, and the call's three endings.
+PRODUCTION_PAIRS = {
+    (State.PENDING, State.CANCELLED),
+    (State.PENDING, State.APPROVED),
+    (State.PENDING, State.REJECTED),
+    (State.PENDING, State.EXPIRED),
+    (State.APPROVED, State.EXECUTING),
+    (State.APPROVED, State.FAILED),
+    (State.EXECUTING, State.FAILED),
+    (State.EXECUTING, State.SUCCEEDED),
+    (State.EXECUTING, State.INTERRUPTED),
+}
+_snapshot_ids = itertools.count(5000)
+
+
+def _request_in(engine, state: str) -> int:
+    """A stored request already in ``state`` (its own snapshot, so active ones never collide)."""
+    t = now()
+    with session_scope(engine) as s:
+        row = repo.open_restore_request(
+            s,
+            RestoreRequest(
+                snapshot_id=next(_snapshot_ids),
+                server_id=12345,
+                requester="UALICE",
+                channel="C1",
+                state=state,
+                created_at=t,
+                expires_at=t + timedelta(hours=1),
+            ),
+        )
+        return row.id
+
+
+def _stored(engine, request_id: int) -> tuple[str, str | None, str]:
+    with session_scope(engine, readonly=True) as s:
+        row = repo.get_restore_request(s, request_id=request_id)
+        return row.state, row.decided_by, row.outcome_detail
+
+
+def test_an_illegal_transition_raises_before_any_sql_and_leaves_the_row_unchanged(engine):
+    request_id = _request_in(engine, "pending")
+    statements = []
+
+    def seen(conn, cursor, statement, *args):
+        statements.append(statement)
+
+    with session_scope(engine) as s:
+        s.connection()  # the unit of work's own BEGIN is not the transition's SQL
+        event.listen(engine, "before_cursor_execute", seen)
+        try:
+            with pytest.raises(IllegalTransition, match="from pending to executing"):
+                repo.transition_request(
+                    s,
+                    request_id=request_id,
+                    from_states=["pending"],
+                    to_state="executing",
+                    decided_by="UMALLORY",
+                    outcome_detail="restored without approval",
+                )
+        finally:
+            event.remove(engine, "before_cursor_execute", seen)
+    assert statements == []
+    assert _stored(engine, request_id) == ("pending", None, "")
+
+
+def test_one_illegal_pair_among_the_from_states_refuses_the_whole_transition(engine):
+    request_id = _request_in(engine, "pending")
+    with session_scope(engine) as s:
+        with pytest.raises(IllegalTransition):
+            repo.transition_request(
+                s, request_id=request_id, from_states=["succeeded", "pending"], to_state="pending"
+            )
+        with pytest.raises(IllegalTransition):
+            repo.transition_request(
+                s, request_id=request_id, from_states=["pending", "approved"], to_state="approved"
+            )
+    assert _stored(engine, request_id)[0] == "pending"
+
+
+@pytest.mark.parametrize(
+    ("from_states", "to_state"), [(["pending"], "done"), (["bogus"], "approved"), ([], "approved")]
+)
+def test_unknown_or_missing_states_are_an_illegal_transition(engine, from_states, to_state):
+    request_id = _request_in(engine, "pending")
+    with session_scope(engine) as s, pytest.raises(IllegalTransition):
+        repo.transition_request(
+            s, request_id=request_id, from_states=from_states, to_state=to_state
+        )
+    assert _stored(engine, request_id)[0] == "pending"
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],  # one fresh row per example
+)
+@given(current=st.sampled_from(list(State)), target=st.sampled_from(list(State)))
+def test_the_repository_allows_a_pair_exactly_when_transitions_has_it(engine, current, target):
+    request_id = _request_in(engine, current.value)
+    with session_scope(engine) as s:
+        if (current, target) in LEGAL:
+            assert repo.transition_request(
+                s, request_id=request_id, from_states=[current.value], to_state=target.value
+            )
+        else:
+            with pytest.raises(IllegalTransition):
+                repo.transition_request(
+                    s, request_id=request_id, from_states=[current.value], to_state=target.value
+                )
+    expected = target if (current, target) in LEGAL else current
+    assert _stored(engine, request_id)[0] == expected
+
+
+@pytest.mark.parametrize(("current", "target"), sorted(PRODUCTION_PAIRS))
+def test_every_pair_production_uses_is_legal_and_still_conditional(engine, current, target):
+    assert (current, target) in LEGAL
+    request_id = _request_in(engine, current)
+    with session_scope(engine) as s:
+        assert repo.transition_request(
+            s, request_id=request_id, from_states=[current], to_state=target
+        )
+    with session_scope(engine) as s:
+        # The from-state is still in the WHERE: the second of two racing callers loses.
+        assert not repo.transition_request(
+            s, request_id=request_id, from_states=[current], to_state=target
+        )
+    assert _stored(engine, request_id)[0] == target

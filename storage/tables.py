@@ -210,7 +210,8 @@ class SlackDelivery(SQLModel, table=True):
 
 
 class Setting(SQLModel, table=True):
-    """Small durable facts (e.g. when the last daily audit checkpoint was posted)."""
+    """Small durable facts (e.g. when the last daily audit checkpoint was posted), in the
+    table ``kv`` (storage/repositories/settings.py)."""
 
     __tablename__ = "kv"
 

@@ -1,4 +1,4 @@
-"""Named leases: which process runs a duty (the watcher, the job worker) right now."""
+"""Named leases: which process does the background duties (bot.watcher.LEASE_NAME) now."""
 
 from __future__ import annotations
 

@@ -75,6 +75,9 @@ ENV_VARS: Mapping[str, str] = {
     "approval_ttl_minutes": "APPROVAL_TTL_MINUTES",
     "audit_key": "AUDIT_KEY",
     "poll_seconds": "SNAPSHOT_POLL_SECONDS",
+    "restore_safety_snapshot": "RESTORE_SAFETY_SNAPSHOT",
+    "safety_snapshot_timeout_minutes": "SAFETY_SNAPSHOT_TIMEOUT_MINUTES",
+    "restore_confirm": "RESTORE_CONFIRM",
     "port": "PORT",
     "host": "HOST",
     "log_level": "LOG_LEVEL",
@@ -103,6 +106,13 @@ _TTL_RULE = (
 )
 _POLL_RULE = f"must be a number of seconds above 0 and at most {MAX_POLL_SECONDS:g}, like 15 or 0.5"
 _PORT_RULE = "must be a whole number from 1 to 65535"
+# A safety snapshot takes the provider 3-10 minutes; a day is far beyond any real one.
+MAX_SAFETY_TIMEOUT_MINUTES = 24 * 60
+_SAFETY_TIMEOUT_RULE = (
+    f"must be a number of minutes above 0 and at most {MAX_SAFETY_TIMEOUT_MINUTES}, like 20"
+)
+_ON_OFF = {"on": True, "off": False, "true": True, "false": False, "1": True, "0": False}
+CONFIRM_MODES = ("typed", "button")
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +140,9 @@ _NUMBERS: Mapping[str, _Number] = {
     "restore_approvals": _Number(True, 1, MAX_RESTORE_APPROVALS, _APPROVALS_RULE),
     "approval_ttl_minutes": _Number(False, 0, MAX_APPROVAL_TTL_MINUTES, _TTL_RULE),
     "poll_seconds": _Number(False, 0, MAX_POLL_SECONDS, _POLL_RULE),
+    "safety_snapshot_timeout_minutes": _Number(
+        False, 0, MAX_SAFETY_TIMEOUT_MINUTES, _SAFETY_TIMEOUT_RULE
+    ),
     "port": _Number(True, 1, 65535, _PORT_RULE),
 }
 
@@ -168,6 +181,10 @@ class Settings:
     restore_approvals: int = 1
     approval_ttl_minutes: float = 60.0
     poll_seconds: float = 15.0
+    # SPEC section 9: a safety snapshot before every restore, confirmed by typing.
+    restore_safety_snapshot: bool = True
+    safety_snapshot_timeout_minutes: float = 20.0
+    restore_confirm: str = "typed"
     port: int = 3000
     host: str = "0.0.0.0"
     log_level: str = "INFO"
@@ -203,6 +220,10 @@ class Settings:
     @property
     def approval_ttl(self) -> timedelta:
         return timedelta(minutes=self.approval_ttl_minutes)
+
+    @property
+    def safety_snapshot_timeout(self) -> timedelta:
+        return timedelta(minutes=self.safety_snapshot_timeout_minutes)
 
     @property
     def lease_seconds(self) -> float:
@@ -298,6 +319,8 @@ def load_settings(
         "slack_allowed_teams",
         "host",
         "log_level",
+        "restore_safety_snapshot",
+        "restore_confirm",
     ):
         value = get(ENV_VARS[name])
         if value is not None:
@@ -446,6 +469,7 @@ def _check_and_normalise(s: Settings) -> list[str]:
         elif not kind.whole:
             put(name, float(value))
 
+    problems.extend(_check_safety(s, put))
     if not isinstance(s.host, str) or not s.host or not _is_token(s.host):
         problems.append(f"HOST must be a host name or address (got {_quote(s.host)})")
     level = s.log_level.upper() if isinstance(s.log_level, str) else None
@@ -454,6 +478,28 @@ def _check_and_normalise(s: Settings) -> list[str]:
     else:
         problems.append(
             f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)} (got {_quote(s.log_level)})"
+        )
+    return problems
+
+
+def _check_safety(s: Settings, put: Callable[[str, object], None]) -> list[str]:
+    """RESTORE_SAFETY_SNAPSHOT (on/off) and RESTORE_CONFIRM (typed/button), SPEC 2 and 9."""
+    problems = []
+    safety = s.restore_safety_snapshot
+    if isinstance(safety, str):
+        safety = _ON_OFF.get(safety.strip().lower())
+    if isinstance(safety, bool):
+        put("restore_safety_snapshot", safety)
+    else:
+        problems.append(
+            f"RESTORE_SAFETY_SNAPSHOT must be on or off (got {_quote(s.restore_safety_snapshot)})"
+        )
+    mode = s.restore_confirm.strip().lower() if isinstance(s.restore_confirm, str) else None
+    if mode in CONFIRM_MODES:
+        put("restore_confirm", mode)
+    else:
+        problems.append(
+            f"RESTORE_CONFIRM must be typed or button (got {_quote(s.restore_confirm)})"
         )
     return problems
 

@@ -462,3 +462,40 @@ def test_env_example_documents_the_web_threads_the_code_defaults_to() -> None:
     web = (ENV_EXAMPLE.parent / "bot" / "web.py").read_text(encoding="utf-8")
     (default,) = re.findall(r"web_setting\(\"WEB_THREADS\", (\d+)\)", web)
     assert documented == default
+
+
+# --- safer restores (SPEC 2 and 9) ----------------------------------------------------
+
+
+def test_safer_restores_are_on_by_default() -> None:
+    s = load(MINIMAL)
+    assert s.restore_safety_snapshot is True
+    assert s.safety_snapshot_timeout_minutes == 20
+    assert s.safety_snapshot_timeout == timedelta(minutes=20)
+    assert s.restore_confirm == "typed"
+
+
+@pytest.mark.parametrize(
+    ("safety", "expected"), [("on", True), ("OFF", False), (" off ", False), ("on ", True)]
+)
+def test_restore_safety_snapshot_is_on_or_off(safety: str, expected: bool) -> None:
+    s = load({**MINIMAL, "RESTORE_SAFETY_SNAPSHOT": safety, "RESTORE_CONFIRM": "Button"})
+    assert s.restore_safety_snapshot is expected
+    assert s.restore_confirm == "button"
+
+
+def test_bad_safety_settings_are_each_named_on_one_line() -> None:
+    err = problems_of(
+        {
+            **MINIMAL,
+            "RESTORE_SAFETY_SNAPSHOT": "maybe",
+            "SAFETY_SNAPSHOT_TIMEOUT_MINUTES": "0",
+            "RESTORE_CONFIRM": "click",
+        }
+    )
+    text = str(err)
+    assert "\n" not in text
+    assert "RESTORE_SAFETY_SNAPSHOT must be on or off" in text
+    assert "SAFETY_SNAPSHOT_TIMEOUT_MINUTES must be a number of minutes above 0" in text
+    assert "RESTORE_CONFIRM must be typed or button" in text
+    assert text.index("RESTORE_SAFETY_SNAPSHOT") < text.index("RESTORE_CONFIRM")

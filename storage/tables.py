@@ -74,7 +74,7 @@ class AuditHead(SQLModel, table=True):
 
 # A request holds its snapshot while in one of these states (bot/core/approval.py's
 # ACTIVE_STATES); the partial unique index below lets only one request hold it.
-ACTIVE_REQUEST = text("state IN ('pending', 'approved', 'executing')")
+ACTIVE_REQUEST = text("state IN ('pending', 'approved', 'safeguarding', 'executing')")
 
 
 class RestoreRequest(SQLModel, table=True):
@@ -113,6 +113,18 @@ class RestoreRequest(SQLModel, table=True):
     executor: str | None = None
     finished_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
     outcome_detail: str = ""
+    # SPEC 9: the safety snapshot's plan, as the request announced it ("on", "off",
+    # "opted_out"), the snapshot it named for eviction at 5/5, the newer snapshot it
+    # warned about, and once approved the step being done ("evict", "create", "watch",
+    # "ready"), when that step was claimed, and the safety snapshot's ID.
+    safety_plan: str = "off"
+    evict_snapshot_id: int | None = Field(default=None, sa_column=Column(BigInteger))
+    evict_snapshot_name: str = ""
+    newer_snapshot_name: str = ""
+    newer_snapshot_created_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    safety_step: str = ""
+    safety_step_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    safety_snapshot_id: int | None = Field(default=None, sa_column=Column(BigInteger))
 
 
 class Approval(SQLModel, table=True):
@@ -128,7 +140,8 @@ class Approval(SQLModel, table=True):
 
 
 class Watch(SQLModel, table=True):
-    """A snapshot being created (kind ``snapshot``) or a server being restored (``restore``)."""
+    """A snapshot being created (kind ``snapshot``), a restore's safety snapshot being
+    created (``safety``, SPEC 9) or a server being restored (``restore``)."""
 
     __tablename__ = "watch"
 

@@ -3,8 +3,10 @@
 A restore request moves through::
 
     pending --> approved --> executing --> succeeded
-       |                         |-------> failed
-       |                         '-------> interrupted   (died mid-call; never retried)
+       |           |             |-------> failed
+       |           |             '-------> interrupted   (died mid-call; never retried)
+       |           '--> safeguarding --> executing        (SPEC 9: the safety snapshot
+       |                     '---------> failed            first; bot/core/safety.py)
        |--> rejected   (an approver said no)
        |--> cancelled  (the requester withdrew it)
        '--> expired    (nobody decided within APPROVAL_TTL_MINUTES)
@@ -28,6 +30,7 @@ from bot.core.authz import Allowed, describe_allowed, is_allowed
 class State(StrEnum):
     PENDING = "pending"
     APPROVED = "approved"
+    SAFEGUARDING = "safeguarding"
     EXECUTING = "executing"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -39,11 +42,12 @@ class State(StrEnum):
 
 TRANSITIONS: dict[State, frozenset[State]] = {
     State.PENDING: frozenset({State.APPROVED, State.REJECTED, State.CANCELLED, State.EXPIRED}),
-    State.APPROVED: frozenset({State.EXECUTING, State.FAILED}),
+    State.APPROVED: frozenset({State.EXECUTING, State.FAILED, State.SAFEGUARDING}),
+    State.SAFEGUARDING: frozenset({State.EXECUTING, State.FAILED}),
     State.EXECUTING: frozenset({State.SUCCEEDED, State.FAILED, State.INTERRUPTED}),
 }
 OPEN_STATES = frozenset({State.PENDING})
-ACTIVE_STATES = frozenset({State.PENDING, State.APPROVED, State.EXECUTING})
+ACTIVE_STATES = frozenset({State.PENDING, State.APPROVED, State.SAFEGUARDING, State.EXECUTING})
 
 
 class IllegalTransition(ValueError):
@@ -129,6 +133,7 @@ def _closed(request: RequestView, now: datetime) -> Decision | None:
 
 _AFTER_APPROVAL = {
     State.APPROVED: "is starting",
+    State.SAFEGUARDING: "is waiting for its safety snapshot",
     State.EXECUTING: "is starting",
     State.SUCCEEDED: "has started",
     State.FAILED: "failed",

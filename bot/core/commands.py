@@ -69,7 +69,10 @@ SUBCOMMAND_USAGE: Mapping[str, str] = {
         "/snapshot create <server> <name> [description…] — take a snapshot "
         "(no arguments: open a form)"
     ),
-    "restore": "/snapshot restore <snapshot_id> [reason…] — ask a second person to approve",
+    "restore": (
+        "/snapshot restore <snapshot_id> [reason…] — ask a second person to approve "
+        "(--no-safety-snapshot right after the ID: no safety snapshot first)"
+    ),
     "delete": "/snapshot delete <snapshot_id> — delete a snapshot, after you confirm",
     "audit": f"/snapshot audit [n] — the last n audit events (default {AUDIT_DEFAULT})",
     "pending": "/snapshot pending — open restore requests and watched snapshots",
@@ -130,6 +133,8 @@ class OpenCreateModal:
 class RequestRestore:
     snapshot_id: int
     reason: str = ""
+    # --no-safety-snapshot (SPEC 9.2): restore without taking a safety snapshot first.
+    no_safety_snapshot: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,10 +289,35 @@ def _restore(args: list[str]) -> Command | UsageError:
     snapshot_id = _snapshot_id(args[0])
     if isinstance(snapshot_id, UsageError):
         return snapshot_id
-    reason = _rest(args[1:])
+    flags = _restore_flags(args[1:])
+    if isinstance(flags, UsageError):
+        return flags
+    no_safety, rest = flags
+    reason = _rest(rest)
     if len(reason) > MAX_DESCRIPTION:
         return UsageError(f"the reason is too long (at most {MAX_DESCRIPTION} characters)")
-    return RequestRestore(snapshot_id, reason)
+    return RequestRestore(snapshot_id, reason, no_safety)
+
+
+NO_SAFETY_FLAG = "--no-safety-snapshot"
+
+
+def _restore_flags(args: list[str]) -> tuple[bool, list[str]] | UsageError:
+    """Flags come right after the snapshot ID (SPEC 4); ``--`` ends them, so a reason
+    may itself start with ``--``. An unknown flag is refused rather than read as the
+    reason: a mistyped ``--no-safety-snapshot`` must not pass unnoticed."""
+    no_safety = False
+    while args and args[0].startswith("--"):
+        flag, args = args[0], args[1:]
+        if flag == "--":
+            break
+        if flag == NO_SAFETY_FLAG:
+            no_safety = True
+        elif flag == "--break-glass":
+            return UsageError("--break-glass is not available in this version")
+        else:
+            return UsageError(f"unknown option {_echo(flag)}; restore takes {NO_SAFETY_FLAG}")
+    return no_safety, args
 
 
 def _delete(args: list[str]) -> Command | UsageError:
@@ -386,8 +416,10 @@ def format_command(command: Command) -> str:
         case CreateSnapshot(server=server, name=name, description=description):
             text = f"create {_format_server(server)} {shlex.quote(name)}"
             return f"{text} {shlex.quote(description)}" if description else text
-        case RequestRestore(snapshot_id=snapshot_id, reason=reason):
-            text = f"restore {snapshot_id}"
+        case RequestRestore(snapshot_id=snapshot_id, reason=reason, no_safety_snapshot=no_safety):
+            text = f"restore {snapshot_id}" + (f" {NO_SAFETY_FLAG}" if no_safety else "")
+            if reason.startswith("--"):
+                text += " --"
             return f"{text} {shlex.quote(reason)}" if reason else text
         case DeleteSnapshot(snapshot_id=snapshot_id):
             return f"delete {snapshot_id}"

@@ -51,10 +51,12 @@ from storage.repositories.outbox import (
     message_outcome,
 )
 from storage.repositories.requests import (
+    active_requests_for_server,
     add_approval,
     approvers_of,
     expired_requests,
     get_restore_request,
+    move_safety_step,
     open_request_for_snapshot,
     open_restore_request,
     requests_in_state,
@@ -78,6 +80,7 @@ __all__ = [
     "ClaimedMessage",
     "accept_job",
     "acquire_lease",
+    "active_requests_for_server",
     "active_watches",
     "add_approval",
     "add_watch",
@@ -108,6 +111,7 @@ __all__ = [
     "mark_message_sent",
     "message_by_key",
     "message_outcome",
+    "move_safety_step",
     "note_watch_status",
     "open_request_for_snapshot",
     "open_restore_request",

@@ -134,8 +134,46 @@ def open_request_for_snapshot(session: Session, *, snapshot_id: int) -> RestoreR
         select(RestoreRequest)
         .where(
             RestoreRequest.snapshot_id == snapshot_id,
-            RestoreRequest.state.in_(("pending", "approved", "executing")),
+            RestoreRequest.state.in_(("pending", "approved", "safeguarding", "executing")),
         )
         .order_by(RestoreRequest.id.desc())
         .limit(1)
     ).scalar_one_or_none()
+
+
+def active_requests_for_server(
+    session: Session, *, server_id: int, besides: int | None = None
+) -> list[RestoreRequest]:
+    """Open or running requests on one server (SPEC 9.3's impact preview), oldest first."""
+    query = select(RestoreRequest).where(
+        RestoreRequest.server_id == server_id,
+        RestoreRequest.state.in_(("pending", "approved", "safeguarding", "executing")),
+    )
+    if besides is not None:
+        query = query.where(RestoreRequest.id != besides)
+    return list(session.execute(query.order_by(RestoreRequest.id)).scalars())
+
+
+def move_safety_step(
+    session: Session,
+    *,
+    request_id: int,
+    from_step: str,
+    to_step: str,
+    now: datetime,
+    claimed_before: datetime | None = None,
+    **values,
+) -> bool:
+    """Move a safeguarding request's safety snapshot from one step to the next (SPEC
+    9.4), or (with ``to_step == from_step``) claim the step again; only if it is still
+    on ``from_step`` and, with ``claimed_before``, nobody claimed that step since then.
+    The row count says whether this caller won: one process does each step."""
+    query = update(RestoreRequest).where(
+        RestoreRequest.id == request_id,
+        RestoreRequest.state == "safeguarding",
+        RestoreRequest.safety_step == from_step,
+    )
+    if claimed_before is not None:
+        query = query.where(RestoreRequest.safety_step_at < claimed_before)
+    result = session.execute(query.values(safety_step=to_step, safety_step_at=now, **values))
+    return result.rowcount == 1

@@ -16,10 +16,14 @@ def add_watch(session: Session, watch: Watch) -> Watch:
     return watch
 
 
-def active_watches(session: Session, *, kind: str | None = None) -> list[Watch]:
+def active_watches(
+    session: Session, *, kind: str | None = None, kinds: tuple[str, ...] = ()
+) -> list[Watch]:
     query = select(Watch).where(Watch.state == "watching")
     if kind:
         query = query.where(Watch.kind == kind)
+    if kinds:
+        query = query.where(Watch.kind.in_(kinds))
     return list(session.execute(query.order_by(Watch.id)).scalars())
 
 

@@ -44,6 +44,9 @@ LEGAL = {
     (State.PENDING, State.EXPIRED),
     (State.APPROVED, State.EXECUTING),
     (State.APPROVED, State.FAILED),
+    (State.APPROVED, State.SAFEGUARDING),  # SPEC 9: the safety snapshot first
+    (State.SAFEGUARDING, State.EXECUTING),
+    (State.SAFEGUARDING, State.FAILED),
     (State.EXECUTING, State.SUCCEEDED),
     (State.EXECUTING, State.FAILED),
     (State.EXECUTING, State.INTERRUPTED),
@@ -61,6 +64,7 @@ TERMINAL = [
 DECIDED = [s for s in State if s not in (State.PENDING, State.EXPIRED)]
 AFTER_APPROVAL = {
     State.APPROVED: "is starting",
+    State.SAFEGUARDING: "is waiting for its safety snapshot",
     State.EXECUTING: "is starting",
     State.SUCCEEDED: "has started",
     State.FAILED: "failed",
@@ -106,9 +110,9 @@ def test_every_illegal_transition_is_refused(current, target):
     assert not can_transition(current, target)
 
 
-def test_there_are_72_illegal_transitions_out_of_81():
-    assert len(ALL_PAIRS) == 81
-    assert len(ILLEGAL) == 72
+def test_there_are_88_illegal_transitions_out_of_100():
+    assert len(ALL_PAIRS) == 100
+    assert len(ILLEGAL) == 88
 
 
 @pytest.mark.parametrize("state", TERMINAL)
@@ -136,14 +140,16 @@ def test_nothing_returns_to_pending_so_an_approval_can_never_be_undone():
 
 
 def test_restore_can_only_be_reached_through_approved():
-    # executing (the provider call) has exactly one way in.
+    # executing (the provider call) is reached from approved, directly or through
+    # safeguarding (the safety snapshot, SPEC 9), which only approved leads to.
     sources = {a for a, b in LEGAL if b == State.EXECUTING}
-    assert sources == {State.APPROVED}
+    assert sources == {State.APPROVED, State.SAFEGUARDING}
+    assert {a for a, b in LEGAL if b == State.SAFEGUARDING} == {State.APPROVED}
 
 
 def test_open_and_active_state_sets():
     assert {State.PENDING} == OPEN_STATES
-    assert {State.PENDING, State.APPROVED, State.EXECUTING} == ACTIVE_STATES
+    assert {State.PENDING, State.APPROVED, State.SAFEGUARDING, State.EXECUTING} == ACTIVE_STATES
 
 
 # --- decide_approval ----------------------------------------------------------------------

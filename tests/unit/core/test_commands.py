@@ -318,3 +318,39 @@ def test_only_ascii_digits_make_an_id(word: str) -> None:
 @pytest.mark.parametrize("text", ["list \ud800", "restore 801 \udfff", "\ud83d"])
 def test_lone_surrogates_from_json_are_rejected(text: str) -> None:
     assert isinstance(parse(text), UsageError)
+
+
+# --- --no-safety-snapshot (SPEC 4, 9.2) ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("restore 801 --no-safety-snapshot", RequestRestore(801, "", True)),
+        ("restore 801 --no-safety-snapshot disk full", RequestRestore(801, "disk full", True)),
+        ("restore 801 -- --no-safety-snapshot", RequestRestore(801, "--no-safety-snapshot")),
+        (
+            "restore 801 bad deploy --no-safety-snapshot",
+            RequestRestore(801, "bad deploy --no-safety-snapshot"),
+        ),
+    ],
+)
+def test_no_safety_snapshot_flag_comes_right_after_the_id(text, expected) -> None:
+    assert parse(text) == expected
+    assert parse(format_command(expected)) == expected
+
+
+@pytest.mark.parametrize("flag", ["--no-safety-snaphot", "--force", "--break-glass"])
+def test_an_unknown_or_unavailable_flag_is_refused_not_read_as_the_reason(flag) -> None:
+    result = parse(f"restore 801 {flag} because")
+    assert isinstance(result, UsageError)
+    assert "--" in result.message
+
+
+@given(
+    st.text(st.characters(categories=("L", "N", "P", "S"), include_characters=" "), max_size=60),
+    st.booleans(),
+)
+def test_restore_with_any_reason_and_flag_round_trips(reason, no_safety) -> None:
+    expected = RequestRestore(801, reason.strip(), no_safety)
+    assert parse(format_command(expected)) == expected

@@ -26,7 +26,7 @@ from bot.services import checkpoints, watches
 from bot.services.auditing import audit
 from bot.services.deps import Deps
 from bot.services.messaging import notify_incident
-from bot.services.restores import decisions, execution, requests
+from bot.services.restores import decisions, execution, requests, restore_call, safety
 from bot.user_messages import describe
 from bot.vps.errors import VpsError
 from storage import repositories as repo
@@ -120,6 +120,7 @@ class Duties:
         self.expire_requests()
         self.cancel_unposted()
         self.resume_approved()
+        safety.resume_stalled(self.deps, self.clock())
         self.reconcile_executing()
         self.poll_snapshots()
         self.follow_restores()
@@ -165,15 +166,16 @@ class Duties:
                 column="executing_at",
             )
         for req in stalled:
-            execution.reconcile_restore(
+            restore_call.reconcile_restore(
                 self.deps, req.id, reason="snapbot stopped while calling the provider"
             )
 
     # --- watches
 
     def poll_snapshots(self) -> None:
+        """One list call for every watched create and safety snapshot (SPEC 6, 9.4)."""
         with session_scope(self.deps.engine, readonly=True) as s:
-            watched = repo.active_watches(s, kind="snapshot")
+            watched = repo.active_watches(s, kinds=("snapshot", "safety"))
         if not watched:
             return
         if self._skip:
@@ -200,7 +202,9 @@ class Duties:
 
             for w in watched:
                 snap = snapshots.get(w.snapshot_id)
-                if snap is None:
+                if w.kind == "safety":
+                    self._safety_seen(w, snap, now)
+                elif snap is None:
                     watches.report_snapshot(self.deps, w, "gone", None, now, send=send)
                 elif snap.is_terminal:
                     watches.report_snapshot(self.deps, w, snap.status, snap.size_mb, now, send=send)
@@ -212,6 +216,19 @@ class Duties:
         for future in sending:
             if future.exception() is not None:
                 log.warning("a report was not sent yet, the pump retries: %s", future.exception())
+
+    def _safety_seen(self, w, snap, now: datetime) -> None:
+        """A restore's safety snapshot as listed: completed (restore now), ended
+        otherwise or gone (fail), or past SAFETY_SNAPSHOT_TIMEOUT_MINUTES (fail)."""
+        if snap is None:
+            safety.safety_ended(self.deps, w, "gone", now)
+        elif snap.is_terminal:
+            safety.safety_ended(self.deps, w, snap.status, now)
+        elif now - w.started_at > self.deps.settings.safety_snapshot_timeout:
+            safety.safety_ended(self.deps, w, "timeout", now)
+        elif snap.status != w.last_status:
+            with session_scope(self.deps.engine) as s:
+                repo.note_watch_status(s, watch_id=w.id, status=snap.status, now=now)
 
     def follow_restores(self) -> None:
         with session_scope(self.deps.engine, readonly=True) as s:

@@ -156,6 +156,10 @@ class LocalStack:
     restore_seconds: float = 2.0
     poll_seconds: float = 0.5
     settings_overrides: dict = field(default_factory=dict)
+    # SPEC 9 (a safety snapshot first, Approve confirmed by typing the server's name):
+    # on in the demo and the shell, as in production; the tests of sections 5-8 run
+    # without it, and those of section 9 turn it on.
+    safer_restores: bool = False
     start_duties: bool = True
     socket_mode: bool = False
     # The Socket Mode client pings this often, and checks its connection (reconnecting
@@ -203,6 +207,8 @@ class LocalStack:
             "incident_channel": INCIDENT_CHANNEL,
             "poll_seconds": self.poll_seconds,
             "audit_key": "local-audit-key-" + secrets.token_hex(8),
+            "restore_safety_snapshot": self.safer_restores,
+            "restore_confirm": "typed" if self.safer_restores else "button",
         }
         values.update(self.settings_overrides)
         settings = Settings(**values)

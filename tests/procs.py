@@ -99,8 +99,15 @@ class Proc:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+# The drills of sections 5-8 run as before SPEC 9 (no safety snapshot, one-click
+# Approve); the drills of section 9 set these to on/typed themselves.
+SECTION_9_OFF = {"RESTORE_SAFETY_SNAPSHOT": "off", "RESTORE_CONFIRM": "button"}
+
+
 def snapbot_env(settings: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "VPS_", "SNAPSHOT_"))}
+    prefixes = ("SLACK_", "VPS_", "SNAPSHOT_", "RESTORE_", "SAFETY_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+    env.update(SECTION_9_OFF)
     env.update(settings)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return env

@@ -6,9 +6,10 @@ DELETE_CONFIRM = "snapshot_delete_confirm"
 DELETE_CANCEL = "snapshot_delete_cancel"
 APPROVE = "restore_approve"
 REJECT = "restore_reject"
+UNDO = "restore_undo"  # "Undo…" on a finished restore: a new request for its safety snapshot
 
 # Exactly the ids the builders emit (tests/contracts): each has a listener and a job kind.
-ACTION_IDS = (RESTORE_OPEN, DELETE_OPEN, DELETE_CONFIRM, DELETE_CANCEL, APPROVE, REJECT)
+ACTION_IDS = (RESTORE_OPEN, DELETE_OPEN, DELETE_CONFIRM, DELETE_CANCEL, APPROVE, REJECT, UNDO)
 
 CREATE_MODAL = "snapshot_create_modal"
 CREATE_SERVER_BLOCK = "server"

@@ -37,3 +37,8 @@ def section(text: str) -> SectionBlock:
 
 def context(text: str) -> ContextBlock:
     return ContextBlock(elements=[md(clip(text, 2000))])
+
+
+def thread_note(mrkdwn: str) -> dict:
+    """A reply in a thread: one section of mrkdwn."""
+    return payload(mrkdwn, [section(mrkdwn)])

@@ -13,11 +13,14 @@ from slack_sdk.models.blocks import ActionsBlock, Block, ButtonElement, ConfirmO
 from bot.blocks import ids
 from bot.blocks.answers import error_mrkdwn
 from bot.blocks.format import age, clip, escape, mention, span, when
-from bot.blocks.kit import context, payload, section
+from bot.blocks.kit import context, payload, section, thread_note
 from bot.blocks.refusals import cannot_post
+from bot.blocks.safety import plan_lines, undo_blocks
 
 OUTCOME_LINES = {
     "approved": ":arrow_forward: Approved by {who}; restoring.",
+    "safeguarding": ":shield: Approved by {who}; taking the safety snapshot first (see the "
+    "thread), then restoring.",
     "executing": ":arrow_forward: Approved by {who}; restoring.",
     "succeeded": ":arrows_counterclockwise: Approved by {who}; the provider is restoring the server.",
     "failed": ":x: Approved by {who}; the restore failed: {detail}",
@@ -38,7 +41,9 @@ END_LINES = {
 }
 
 # The states in which the approvers, not the one who closed it, are who decided.
-_APPROVED_STATES = frozenset({"approved", "executing", "succeeded", "failed", "interrupted"})
+_APPROVED_STATES = frozenset(
+    {"approved", "safeguarding", "executing", "succeeded", "failed", "interrupted"}
+)
 
 
 # --- the request message -----------------------------------------------------------------------
@@ -52,13 +57,17 @@ def restore_request(
     ``ended``: (the server's status, how long it took) once a started restore's
     follow-up has ended; a status still `restoring` means snapbot gave up on it."""
     approvals = sorted(approvals)
-    blocks: list[Block] = [section(_request_head(req, now)), section(_request_body(req, now))]
+    plan = plan_lines(req)
+    blocks: list[Block] = [section(plan[0])] if plan and plan[0] else []
+    blocks += [section(_request_head(req, now)), section(_request_body(req, now, plan[1:]))]
     state = req.state
     if req.state == "pending":
         blocks += _pending_blocks(req, approvals)
     else:
         state, line = _outcome_line(req, approvals, ended)
         blocks.append(section(line))
+        if req.state == "succeeded":
+            blocks += undo_blocks(req)
     return payload(
         f"Restore request #{req.id} ({'still restoring' if state == 'gave_up' else state}): "
         f"{escape(req.server_name)} from {escape(req.snapshot_name)}",
@@ -75,7 +84,7 @@ def _request_head(req, now: datetime) -> str:
     )
 
 
-def _request_body(req, now: datetime) -> str:
+def _request_body(req, now: datetime, plan: list[str]) -> str:
     loss_since = req.snapshot_created_at
     lost = (
         f"everything written to *{escape(req.server_name)}* since {when(loss_since)}, "
@@ -83,11 +92,22 @@ def _request_body(req, now: datetime) -> str:
         if loss_since
         else f"everything written to *{escape(req.server_name)}* since the snapshot was taken"
     )
-    return (
-        f"*Reason:* {escape(req.reason) or '_none given_'}\n"
-        f":warning: All current data on the server is overwritten; this cannot be undone. "
-        f"Lost: {lost}."
+    undone = (
+        "the safety snapshot below keeps a copy"
+        if req.safety_plan == "on"
+        else "this cannot be undone"
     )
+    lines = [
+        f"*Reason:* {escape(req.reason) or '_none given_'}",
+        f":warning: All current data on the server will be overwritten; {undone}. Lost: {lost}.",
+    ]
+    if req.newer_snapshot_name:
+        lines.append(
+            f":eyes: This snapshot is {age(req.snapshot_created_at, now)} old, but a newer "
+            f"snapshot, *{escape(req.newer_snapshot_name)}*, is "
+            f"{age(req.newer_snapshot_created_at, now)} old: is this the one you mean?"
+        )
+    return "\n".join(lines + [line for line in plan if line])
 
 
 def _pending_blocks(req, approvals: list[str]) -> list[Block]:
@@ -137,10 +157,6 @@ def _outcome_line(req, approvals: list[str], ended: tuple[str, str] | None) -> t
 
 
 # --- its thread ----------------------------------------------------------------------------------
-
-
-def thread_note(mrkdwn: str) -> dict:
-    return payload(mrkdwn, [section(mrkdwn)])
 
 
 def request_decided_note(word: str, decider: str) -> dict:

@@ -23,6 +23,7 @@ from slack_sdk.models.views import View
 from bot.blocks import ids
 from bot.blocks.format import age, clip, escape, mention, size, span, when
 from bot.blocks.kit import context, payload, section
+from bot.blocks.safety import safety_marker
 
 MAX_LISTED = 20  # 2 blocks per snapshot + header/context: well under the cap
 CREATE_ESTIMATE = "Snapshot is being created. This may take 3-10 minutes depending on server size."
@@ -51,8 +52,10 @@ def snapshot_list(snapshots: Sequence, now: datetime, *, scope: str) -> dict:
         blocks.append(section(f"No snapshots for {escape(scope)}."))
     for snap in shown:
         server = snap.server
+        marker = safety_marker(snap.name)
         lines = [
-            f"*{escape(snap.name)}*  (id `{snap.id}`)",
+            f"*{escape(snap.name)}*  (id `{snap.id}`)"
+            + (f" · :shield: {marker}" if marker else ""),
             f"{escape(server.name) or 'server'} (`{server.id}`) · {_status(snap.status)} · "
             f"{size(snap.size_mb)} · {age(snap.created_at, now)} old ({when(snap.created_at)})",
         ]

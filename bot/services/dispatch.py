@@ -99,7 +99,11 @@ JOB_HANDLERS: dict[str, Job] = {
     ),
     "restore.request": Job(
         lambda d, a, c: requests.request_restore(
-            d, a, _fields(c)["snapshot_id"], _fields(c).get("reason", "")
+            d,
+            a,
+            _fields(c)["snapshot_id"],
+            _fields(c).get("reason", ""),
+            no_safety_snapshot=_fields(c).get("no_safety_snapshot", False),
         ),
         "restore.request",
         "command",
@@ -134,6 +138,7 @@ JOB_HANDLERS: dict[str, Job] = {
     ),
     "restore.approve": Job(lambda d, a, c: decisions.approve(d, a, int(_value(c))), "", "action"),
     "restore.reject": Job(lambda d, a, c: decisions.reject(d, a, int(_value(c))), "", "action"),
+    "restore.undo": Job(lambda d, a, c: requests.undo_restore(d, a, int(_value(c))), "", "action"),
     "button.malformed": Job(_button_malformed, "", "action"),
     "button.unknown": Job(_button_unknown, "", "action"),
     # the create modal, submitted
@@ -145,6 +150,7 @@ JOB_HANDLERS: dict[str, Job] = {
 _BUTTON_ACTIONS = {
     ids.APPROVE: ("restore.approve", "request"),
     ids.REJECT: ("restore.reject", "request"),
+    ids.UNDO: ("restore.request", "request"),
     ids.RESTORE_OPEN: ("restore.request", "snapshot"),
     ids.DELETE_OPEN: ("snapshot.delete", "snapshot"),
     ids.DELETE_CONFIRM: ("snapshot.delete", "snapshot"),
@@ -157,9 +163,10 @@ _BUTTON_JOBS = {
     ids.DELETE_CANCEL: "snapshot.delete_cancel",
     ids.APPROVE: "restore.approve",
     ids.REJECT: "restore.reject",
+    ids.UNDO: "restore.undo",
 }
 # Buttons whose whole value is an id (a delete's confirm: its first part).
-_ID_VALUED = (ids.RESTORE_OPEN, ids.DELETE_OPEN, ids.APPROVE, ids.REJECT)
+_ID_VALUED = (ids.RESTORE_OPEN, ids.DELETE_OPEN, ids.APPROVE, ids.REJECT, ids.UNDO)
 
 
 def command_job(parsed: cmd.Command | cmd.UsageError) -> tuple[str, dict]:
@@ -175,7 +182,10 @@ def command_job(parsed: cmd.Command | cmd.UsageError) -> tuple[str, dict]:
     if isinstance(parsed, cmd.OpenCreateModal):
         return "snapshot.create_modal", {}
     if isinstance(parsed, cmd.RequestRestore):
-        return "restore.request", {"snapshot_id": parsed.snapshot_id, "reason": parsed.reason}
+        fields = {"snapshot_id": parsed.snapshot_id, "reason": parsed.reason}
+        if parsed.no_safety_snapshot:
+            fields["no_safety_snapshot"] = True
+        return "restore.request", fields
     if isinstance(parsed, cmd.DeleteSnapshot):
         return "snapshot.delete_ask", {"snapshot_id": parsed.snapshot_id}
     if isinstance(parsed, cmd.ShowAudit):

@@ -92,10 +92,13 @@ def thread_key(request_id: int, event: str) -> str:
     return f"req:{request_id}:thread:{event}"
 
 
-def request_edit_keys(request_id: int, state: str, approvals: int) -> tuple[str, str | None]:
+def request_edit_keys(
+    request_id: int, state: str, approvals: int, *, safeguarded: bool = False
+) -> tuple[str, str | None]:
     """(key, key of the edit before it) for an edit of the request message showing
     ``state`` with ``approvals`` approvals. States only move forward (core/approval.py),
-    so the edit before is known: the last pending one, or the approved one."""
+    so the edit before is known: the last pending one, the approved one, or (for a
+    request that went through ``safeguarding``) the safeguarding one."""
 
     def key(s: str, n: int) -> str:
         return f"{request_key(request_id)}:edit:{s}:{n}"
@@ -108,8 +111,10 @@ def request_edit_keys(request_id: int, state: str, approvals: int) -> tuple[str,
         before = key(approval.State.PENDING, approvals)
     elif state == RESTORE_ENDED:  # how the started restore ended: after "restoring"
         before = key(approval.State.SUCCEEDED, approvals)
-    else:  # executing, succeeded, failed, interrupted: after the approval
+    elif state == approval.State.SAFEGUARDING or not safeguarded:
         before = key(approval.State.APPROVED, approvals)
+    else:  # executing, succeeded, failed, interrupted: after the safety snapshot's edit
+        before = key(approval.State.SAFEGUARDING, approvals)
     return key(state, approvals), before
 
 

@@ -1,209 +1,31 @@
-"""Executing an approved restore at most once (SPEC §5): re-read the snapshot, win
-``approved -> executing`` (committed before the provider is called), call once. An
-execution whose outcome is unknown is reconciled from the server's state, never
-called again."""
+"""Executing an approved restore request (SPEC 5.5, 9.4): the target is re-read, then
+the safety snapshot is taken first (bot/services/restores/safety.py) or, without one,
+restore is called (bot/services/restores/restore_call.py)."""
 
 from __future__ import annotations
 
-from bot.blocks.notices import restore_outcome_notice
-from bot.blocks.restore import restore_outcome_note, restore_unfollowed_note
 from bot.core import approval
-from bot.services.actors import Actor
-from bot.services.auditing import audit
-from bot.services.checkpoints import post_checkpoint
+from bot.core.safety import Plan
 from bot.services.deps import Deps
-from bot.services.messaging import (
-    incident_key,
-    notify_incident,
-    permalink,
-    request_key,
-    thread_key,
-)
-from bot.services.restores.message import request_view, update_request_message
-from bot.user_messages import describe
-from bot.vps.errors import VpsError, VpsUnavailable
+from bot.services.restores import safety
+from bot.services.restores.restore_call import call_restore, finish_restore, target_problem
 from storage import repositories as repo
 from storage.db import session_scope
-from storage.tables import RestoreRequest, Watch
-
-RESTORE_USUALLY = "A restore usually takes 5-15 minutes."
 
 
 def execute_restore(deps: Deps, request_id: int) -> None:
-    """Run an approved restore at most once: re-read the snapshot, win
-    ``approved -> executing`` (committed before the provider is called), call."""
+    """Run an approved request at most once: re-read the target (gone or not
+    completed: fail, nothing changed), then take the safety snapshot first (SPEC 9.4,
+    bot/services/restores/safety.py) or, without one, call restore."""
     with session_scope(deps.engine, readonly=True) as s:
         req = repo.get_restore_request(s, request_id=request_id)
     if req is None or req.state != approval.State.APPROVED:
         return
-    try:
-        snap = deps.vps.find_snapshot(req.snapshot_id, server_id=req.server_id)
-    except VpsError as exc:
-        why = f"could not re-read the snapshot: {describe(exc)}"
+    why = target_problem(deps, req)
+    if why is not None:
         finish_restore(deps, req, approval.State.APPROVED, approval.State.FAILED, why)
         return
-    if snap is None or not snap.is_completed:
-        why = (
-            "the snapshot is gone"
-            if snap is None
-            else f"the snapshot is {snap.status}, not completed"
-        )
-        finish_restore(
-            deps,
-            req,
-            approval.State.APPROVED,
-            approval.State.FAILED,
-            why + "; nothing was restored",
-        )
+    if req.safety_plan == Plan.ON:
+        safety.safeguard(deps, req)
         return
-    with session_scope(deps.engine) as s:
-        won = repo.transition_request(
-            s,
-            request_id=req.id,
-            from_states=[approval.State.APPROVED],
-            to_state=approval.State.EXECUTING,
-            executing_at=deps.clock(),
-            executor=deps.owner,
-        )
-    if not won:
-        return
-    executing, failed = approval.State.EXECUTING, approval.State.FAILED
-    try:
-        result = deps.vps.restore_snapshot(req.snapshot_id)
-    except VpsUnavailable as exc:
-        if not exc.nothing_changed:
-            reconcile_restore(deps, req.id, reason=describe(exc))
-            return
-        finish_restore(deps, req, executing, failed, describe(exc), provider_call=True)
-        return
-    except VpsError as exc:
-        finish_restore(deps, req, executing, failed, describe(exc), provider_call=True)
-        return
-    detail = result.message or "The provider is restoring the server."
-    finish_restore(deps, req, executing, approval.State.SUCCEEDED, detail, provider_call=True)
-
-
-def finish_restore(
-    deps: Deps,
-    req: RestoreRequest,
-    from_state: str,
-    to_state: str,
-    detail: str,
-    *,
-    provider_call: bool = False,
-) -> None:
-    """Store how the execution ended (if still ``from_state``), tell the channel, its
-    thread and the incident channel, then follow a started restore."""
-    system = Actor(user="", channel=req.channel, team=req.team)
-    target = f"request:{req.id} snapshot:{req.snapshot_id} server:{req.server_id}"
-    now = deps.clock()
-    link = permalink(deps, req.channel, req.message_ts)
-    with session_scope(deps.engine) as s:
-        if not repo.transition_request(
-            s,
-            request_id=req.id,
-            from_states=[from_state],
-            to_state=to_state,
-            finished_at=now,
-            outcome_detail=detail[:500],
-        ):
-            return
-        req, approvals = request_view(s, req.id)
-        ok = to_state == approval.State.SUCCEEDED
-        mids = [
-            update_request_message(deps, s, req, approvals),
-            deps.outbox.post(
-                s,
-                req.channel,
-                restore_outcome_note(to_state, detail),
-                thread_from=request_key(req.id),
-                key=thread_key(req.id, to_state),
-            ),
-            notify_incident(
-                deps,
-                s,
-                restore_outcome_notice(req, to_state, detail, link),
-                key=incident_key(req.id, to_state),
-            ),
-        ]
-        action = "provider.restore" if provider_call else "restore.execute"
-        audit(deps, s, system, action, "ok" if ok else "error", target=target, detail=detail)
-    deps.outbox.flush(mids)
-    if ok:
-        follow_restore(deps, req, now)
-    post_checkpoint(deps, reason=f"after restore #{req.id}")
-
-
-def follow_restore(deps: Deps, req: RestoreRequest, started_at) -> None:
-    """Watch the server until it leaves ``restoring`` (bot/watcher.py), or say in the
-    thread that the provider does not report server status."""
-    server_state = server_state_of(deps, req.server_id)
-    with session_scope(deps.engine) as s:
-        if server_state is None:
-            mid = deps.outbox.post(
-                s,
-                req.channel,
-                restore_unfollowed_note(RESTORE_USUALLY),
-                thread_from=request_key(req.id),
-                key=thread_key(req.id, "no-follow"),
-            )
-        else:
-            repo.add_watch(
-                s,
-                Watch(
-                    kind="restore",
-                    snapshot_id=req.snapshot_id,
-                    snapshot_name=req.snapshot_name,
-                    server_id=req.server_id,
-                    server_name=req.server_name,
-                    request_id=req.id,
-                    channel=req.channel,
-                    parent_ts=request_key(req.id),
-                    requester=req.requester,
-                    team=req.team,
-                    started_at=started_at,
-                    last_status=server_state,
-                ),
-            )
-            mid = None
-    deps.outbox.flush([mid])
-
-
-def server_state_of(deps: Deps, server_id: int) -> str | None:
-    """The server's status; "unknown" if the provider could not be asked, None if it
-    does not report one."""
-    try:
-        state = deps.vps.get_server(server_id)
-    except VpsError:
-        return "unknown"
-    return state.status if state is not None else None
-
-
-def reconcile_restore(deps: Deps, request_id: int, *, reason: str) -> None:
-    """An execution whose outcome is unknown: ask the provider, never call again."""
-    with session_scope(deps.engine, readonly=True) as s:
-        req = repo.get_restore_request(s, request_id=request_id)
-    if req is None or req.state != approval.State.EXECUTING:
-        return
-    state = server_state_of(deps, req.server_id)
-    if state == "restoring":
-        finish_restore(
-            deps,
-            req,
-            approval.State.EXECUTING,
-            approval.State.SUCCEEDED,
-            f"the server is restoring ({reason}; confirmed from the provider)",
-        )
-        return
-    seen = {
-        None: "the provider does not report server status",
-        "unknown": "the provider could not be asked",
-    }.get(state, f"the server is {state}")
-    finish_restore(
-        deps,
-        req,
-        approval.State.EXECUTING,
-        approval.State.INTERRUPTED,
-        f"{reason}; {seen}, so snapbot cannot tell whether the restore started. It will not "
-        "retry: check the server, and open a new request if needed",
-    )
+    call_restore(deps, req, approval.State.APPROVED)

@@ -39,7 +39,7 @@ def update_request_message(
     # Edits are chained in the order of the request's states (each waits for the one
     # before it), so an older edit that Slack delayed or refused once never lands last.
     state = RESTORE_ENDED if ended is not None else req.state
-    key, after = request_edit_keys(req.id, state, len(approvals))
+    key, after = request_edit_keys(req.id, state, len(approvals), safeguarded=bool(req.safety_step))
     if req.message_ts:
         return deps.outbox.update(
             session, req.channel, payload, ts=req.message_ts, key=key, after=after

@@ -3,12 +3,16 @@ the channel for approvers, and a request nobody can see is cancelled."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from bot.blocks.answers import error_message, error_mrkdwn
 from bot.blocks.notices import request_opened_notice, request_unposted_notice
 from bot.blocks.refusals import cannot_post, request_already_open
 from bot.blocks.restore import request_unposted, restore_request
+from bot.blocks.safety import no_room_refusal, undo_reason
 from bot.core import approval
 from bot.core.errors import NotRestorable
+from bot.core.safety import NoRoom, Plan, eviction_candidate, newer_snapshot
 from bot.outbox import Delivery
 from bot.services.actors import Actor
 from bot.services.auditing import audit, provider_failed, record
@@ -29,17 +33,21 @@ from storage.db import session_scope
 from storage.tables import RestoreRequest
 
 
-def request_restore(deps: Deps, actor: Actor, snapshot_id: int, reason: str) -> None:
+def request_restore(
+    deps: Deps, actor: Actor, snapshot_id: int, reason: str, *, no_safety_snapshot: bool = False
+) -> None:
     target = f"snapshot:{snapshot_id}"
     if refused_operator(deps, actor, "restore.request", "request restores", target=target):
         return
     try:
-        snap = deps.vps.find_snapshot(snapshot_id)
+        listed = deps.vps.list_snapshots()
     except VpsError as exc:
         provider_failed(deps, actor, "restore.request", exc, target=target)
         return
+    snap = next((s for s in listed if s.id == snapshot_id), None)
     try:
         snap = restorable(snap, snapshot_id)
+        plan = safety_plan(deps, snap, listed, no_safety_snapshot)
     except NotRestorable as exc:
         record(
             deps,
@@ -51,7 +59,18 @@ def request_restore(deps: Deps, actor: Actor, snapshot_id: int, reason: str) -> 
             answer=error_message(str(exc)),
         )
         return
-    req, mid = _open(deps, actor, snap, reason)
+    except NoRoom:
+        record(
+            deps,
+            actor,
+            "restore.request",
+            "denied",
+            target=f"{target} server:{snap.server.id}",
+            detail="no room for the safety snapshot: 5 snapshots, none may be deleted",
+            answer=no_room_refusal(snap.server.name or str(snap.server.id)),
+        )
+        return
+    req, mid = _open(deps, actor, snap, reason, plan)
     if req is None:
         deps.outbox.flush([mid])
         return
@@ -76,8 +95,31 @@ def restorable(snap: Snapshot | None, snapshot_id: int) -> Snapshot:
     return snap
 
 
+@dataclass(frozen=True, slots=True)
+class SafetyPlan:
+    """What the request announces about its safety snapshot (SPEC 9.1, 9.2)."""
+
+    plan: Plan
+    evict: Snapshot | None = None  # deleted to make room at execution, at 5/5
+    newer: Snapshot | None = None  # a much newer completed snapshot of the server
+
+
+def safety_plan(
+    deps: Deps, snap: Snapshot, listed: list[Snapshot], no_safety_snapshot: bool
+) -> SafetyPlan:
+    """The plan for a restore of ``snap``; NoRoom when the server is full and no
+    snapshot may make room for the safety snapshot."""
+    on_server = [s for s in listed if s.server.id == snap.server.id]
+    newer = newer_snapshot(on_server, snap)
+    if no_safety_snapshot:
+        return SafetyPlan(Plan.OPTED_OUT, newer=newer)
+    if not deps.settings.restore_safety_snapshot:
+        return SafetyPlan(Plan.OFF, newer=newer)
+    return SafetyPlan(Plan.ON, evict=eviction_candidate(on_server, snap.id), newer=newer)
+
+
 def _open(
-    deps: Deps, actor: Actor, snap: Snapshot, reason: str
+    deps: Deps, actor: Actor, snap: Snapshot, reason: str, plan: SafetyPlan
 ) -> tuple[RestoreRequest | None, int | None]:
     """Store the request and queue its channel message, or (None, the answer's id)
     when another request holds the snapshot."""
@@ -99,6 +141,11 @@ def _open(
                 required_approvals=deps.policy.required_approvals,
                 created_at=now,
                 expires_at=now + deps.policy.ttl,
+                safety_plan=plan.plan,
+                evict_snapshot_id=plan.evict.id if plan.evict else None,
+                evict_snapshot_name=plan.evict.name if plan.evict else "",
+                newer_snapshot_name=plan.newer.name if plan.newer else "",
+                newer_snapshot_created_at=plan.newer.created_at if plan.newer else None,
             ),
         )
         if req is None:
@@ -132,9 +179,18 @@ def _open(
             "restore.request",
             "ok",
             target=f"request:{req.id} snapshot:{snap.id} server:{snap.server.id}",
-            detail=reason,
+            detail=_audit_detail(reason, plan),
         )
     return req, mid
+
+
+def _audit_detail(reason: str, plan: SafetyPlan) -> str:
+    """The reason, and what the safety plan is where it is not the default (SPEC 9.2)."""
+    if plan.plan == Plan.OPTED_OUT:
+        return f"NO SAFETY SNAPSHOT (--no-safety-snapshot); {reason}".rstrip("; ")
+    if plan.evict is not None:
+        return f"{reason} [safety snapshot; evicts {plan.evict.name} ({plan.evict.id})]".strip()
+    return reason
 
 
 def _cancel_refused(deps: Deps, actor: Actor, req: RestoreRequest, delivery: Delivery) -> None:
@@ -215,3 +271,25 @@ def cancel_unposted_request(deps: Deps, req: RestoreRequest, error: str) -> None
         system = Actor(user="", channel=req.channel, team=req.team)
         audit(deps, s, system, "restore.request", "error", target=f"request:{req.id}", detail=error)
     deps.outbox.flush(mids)
+
+
+def undo_restore(deps: Deps, actor: Actor, request_id: int) -> None:
+    """Undo… on a finished restore (SPEC 9.6): a new request, under the full two-person
+    rule, for the safety snapshot that restore took. The snapshot comes from the stored
+    request, never from the button."""
+    with session_scope(deps.engine, readonly=True) as s:
+        req = repo.get_restore_request(s, request_id=request_id)
+    if req is None or req.safety_snapshot_id is None:
+        record(
+            deps,
+            actor,
+            "restore.request",
+            "denied",
+            target=f"request:{request_id}",
+            detail="undo: no safety snapshot",
+            answer=error_message(
+                f"Restore request #{request_id} has no safety snapshot to restore."
+            ),
+        )
+        return
+    request_restore(deps, actor, req.safety_snapshot_id, undo_reason(request_id))

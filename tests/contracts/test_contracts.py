@@ -153,6 +153,18 @@ def builder_outputs() -> list[dict]:
         )
         for state in ("pending", "approved", "succeeded", "rejected", "expired")
     ]
+    # A finished restore that took a safety snapshot offers Undo (SPEC 9.6).
+    requests.append(
+        RestoreRequest(
+            **{
+                **requests[2].model_dump(),
+                "id": 8,
+                "safety_plan": "on",
+                "safety_step": "ready",
+                "safety_snapshot_id": 905,
+            }
+        )
+    )
     event = AuditEvent(
         id=1, at=NOW, action="a", outcome="ok", prev_hash="0" * 64, hash="1" * 64, actor="U1"
     )

@@ -249,7 +249,8 @@ def sim_stats(sim_url: str) -> dict:
     return httpx.get(sim_admin(sim_url, "stats"), timeout=10).json()
 
 
-# The Slack stand-in for a benchmark: answers everything, records response_url posts
+# The Slack stand-in for a benchmark: answers everything (auth.test as a bot's token of
+# team T1, the team signing.slash_command_body sends), records response_url posts
 # ("<name> <unix time>" lines), costs the caller nothing (a process of its own).
 SLACK_SINK = r"""
 import json, sys, time
@@ -263,6 +264,8 @@ class H(BaseHTTPRequestHandler):
         if self.path.startswith("/response/"):
             log.write(f"{self.path[len('/response/'):]} {time.time():.6f}\n")
             body, ctype = b"ok", "text/plain"
+        elif self.path.endswith("/auth.test"):  # a bot's token, of team T1 (start-up checks it)
+            body, ctype = json.dumps({"ok": True, "team_id": "T1", "user_id": "UBOT", "bot_id": "BBOT"}).encode(), "application/json"
         else:
             body, ctype = json.dumps({"ok": True, "ts": "1700000000.000100"}).encode(), "application/json"
         self.send_response(200)

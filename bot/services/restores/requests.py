@@ -115,7 +115,10 @@ def safety_plan(
         return SafetyPlan(Plan.OPTED_OUT, newer=newer)
     if not deps.settings.restore_safety_snapshot:
         return SafetyPlan(Plan.OFF, newer=newer)
-    return SafetyPlan(Plan.ON, evict=eviction_candidate(on_server, snap.id), newer=newer)
+    # Never make room by deleting what another open request is about to restore.
+    with session_scope(deps.engine, readonly=True) as s:
+        held = {r.snapshot_id for r in repo.active_requests_for_server(s, server_id=snap.server.id)}
+    return SafetyPlan(Plan.ON, evict=eviction_candidate(on_server, snap.id, held), newer=newer)
 
 
 def _open(

@@ -11,7 +11,7 @@ import logging
 from slack_sdk.errors import SlackApiError, SlackClientError
 
 from bot.blocks.answers import error_message, error_mrkdwn
-from bot.blocks.refusals import cannot_post
+from bot.blocks.refusals import cannot_post, refusal_text
 from bot.blocks.snapshots import (
     CREATE_ESTIMATE,
     RUNNING_SERVER_ADVICE,
@@ -176,7 +176,7 @@ def _refused_on_server(
             "denied",
             target=target,
             detail="limit reached",
-            answer=limit_reached(str(err), oldest.id, oldest.name),
+            answer=limit_reached(refusal_text(err), oldest.id, oldest.name),
         )
         return True
     return False

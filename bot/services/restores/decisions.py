@@ -9,13 +9,12 @@ from dataclasses import replace
 from datetime import datetime
 
 from bot.blocks.answers import error_message, text_message
-from bot.blocks.format import mention
 from bot.blocks.notices import (
     request_approved_notice,
     request_decided_notice,
     request_expired_notice,
 )
-from bot.blocks.refusals import click_not_on_request
+from bot.blocks.refusals import click_not_on_request, decision_answer
 from bot.blocks.restore import request_decided_note, request_expired_note
 from bot.core import approval
 from bot.services.actors import Actor
@@ -185,7 +184,9 @@ def _decide_rejection(
         fresh = repo.get_restore_request(s, request_id=request_id)
         decision = approval.Decision(
             approval.Verdict.CLOSED,
-            f"This request was already {fresh.state} by {mention(fresh.decided_by)}.",
+            closed_state=approval.State(fresh.state),
+            decided_by=fresh.decided_by,
+            lost_race=True,
         )
     action = "restore.cancel" if decision.verdict == approval.Verdict.CANCEL else "restore.reject"
     audit(deps, s, actor, action, decision.outcome, target=target, detail=decision.verdict.value)
@@ -249,7 +250,7 @@ def answer_decision(deps: Deps, actor: Actor, req, decision: approval.Decision) 
             {
                 "channel": req.channel or actor.channel,
                 "user": actor.user,
-                **text_message(decision.message + note),
+                **text_message(decision_answer(decision) + note),
             },
         )
     deps.outbox.flush([mid])

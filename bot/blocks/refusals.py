@@ -186,3 +186,57 @@ def _who_may_approve(approvers: Allowed, *, lower: bool = False) -> str:
     if lower:
         text = text[0].lower() + text[1:]
     return text + "."
+
+
+# --- what is in the way ------------------------------------------------------------------------
+
+
+def request_not_found(request_id: int) -> dict:
+    """A button naming a restore request that does not exist."""
+    return error_message(f"Restore request #{request_id} does not exist.")
+
+
+def name_taken(server_name: str, name: str) -> dict:
+    return error_message(f"Server {server_name} already has a snapshot named {name}.")
+
+
+def snapshot_in_restore(request_id: int, state: str) -> dict:
+    """A delete refused: an active restore request uses the snapshot."""
+    return error_message(
+        f"Restore request #{request_id} uses this snapshot ({state}); it cannot be deleted now."
+    )
+
+
+def create_interrupted(name: str) -> dict:
+    """A resumed create whose first run died before the provider answered, which has
+    no such snapshot."""
+    return error_message(
+        f"snapbot restarted while creating {name}; the provider has no such "
+        "snapshot, so nothing was created. Run the command again."
+    )
+
+
+def servers_unlisted(why: str) -> str:
+    """The create modal's note when the server list could not be loaded."""
+    return f"Could not load the server list ({why}); type an ID or name."
+
+
+# --- when Slack cannot say who is in a user group ------------------------------------------
+
+# What Slack answers usergroups.users.list for a group that cannot be read at all (the
+# configuration is wrong, or the plan has no user groups, not the moment), and the words.
+GROUP_GONE = {
+    "no_such_subteam": "user group {group} does not exist",
+    "plan_upgrade_required": "this workspace's plan has no user groups",
+}
+
+
+def groups_note(gone: dict[str, str], unread: list[str]) -> str:
+    """What a refusal adds when it may be due to Slack, not to the person: the groups
+    Slack answered a GROUP_GONE error for ({group: error}) and those it did not list
+    just now; "" when there are none."""
+    notes = sorted({GROUP_GONE[error].format(group=g) for g, error in gone.items()})
+    if unread:
+        names = ", ".join(f"<!subteam^{g}>" for g in unread)
+        notes.append(f"Slack did not say who is in {names} just now; if you are, try again soon")
+    return f" ({'; '.join(notes)}.)" if notes else ""

@@ -8,13 +8,13 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime
 
-from bot.blocks.answers import error_message, text_message
+from bot.blocks.answers import text_message
 from bot.blocks.notices import (
     request_approved_notice,
     request_decided_notice,
     request_expired_notice,
 )
-from bot.blocks.refusals import click_not_on_request, decision_answer
+from bot.blocks.refusals import click_not_on_request, decision_answer, request_not_found
 from bot.blocks.restore import request_decided_note, request_expired_note
 from bot.core import approval
 from bot.services.actors import Actor
@@ -230,9 +230,7 @@ def _not_decided(deps: Deps, actor: Actor, request_id: int, req: RestoreRequest 
     answer(
         deps,
         actor,
-        click_not_on_request(request_id)
-        if req is not None
-        else error_message(f"Restore request #{request_id} does not exist."),
+        click_not_on_request(request_id) if req is not None else request_not_found(request_id),
     )
 
 

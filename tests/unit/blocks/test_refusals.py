@@ -4,11 +4,21 @@ exactly as the user reads it."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bot.blocks.refusals import decision_answer, refusal_text
+from bot.blocks.refusals import (
+    create_interrupted,
+    decision_answer,
+    groups_note,
+    name_taken,
+    refusal_text,
+    request_not_found,
+    servers_unlisted,
+    snapshot_in_restore,
+)
 from bot.core.approval import (
     Decision,
     Policy,
@@ -206,3 +216,56 @@ def test_domain_refusals_are_worded_once(exc, text):
     assert isinstance(exc, SnapbotError)
     assert refusal_text(exc) == text
     assert describe(exc) == text  # the one translation of errors uses the same words
+
+
+# --- what is in the way, and Slack's user groups ------------------------------------------------
+
+
+def test_refusals_of_what_is_in_the_way_are_worded_exactly():
+    assert request_not_found(9)["text"] == "Restore request #9 does not exist."
+    assert name_taken("web-1", "nightly")["text"] == (
+        "Server web-1 already has a snapshot named nightly."
+    )
+    assert snapshot_in_restore(4, "approved")["text"] == (
+        "Restore request #4 uses this snapshot (approved); it cannot be deleted now."
+    )
+    assert create_interrupted("nightly")["text"] == (
+        "snapbot restarted while creating nightly; the provider has no such snapshot, so "
+        "nothing was created. Run the command again."
+    )
+    assert servers_unlisted("the provider is down") == (
+        "Could not load the server list (the provider is down); type an ID or name."
+    )
+
+
+def test_refusal_payloads_escape_what_they_quote():
+    shown = name_taken("<!channel>", "a&b")
+    assert "<!channel>" not in json.dumps(shown)
+    assert "&lt;!channel&gt;" in shown["text"] and "a&amp;b" in shown["text"]
+
+
+@pytest.mark.parametrize(
+    ("gone", "unread", "note"),
+    [
+        ({}, [], ""),
+        (
+            {},
+            ["SOPS", "SDEV"],
+            " (Slack did not say who is in <!subteam^SOPS>, <!subteam^SDEV> just now; "
+            "if you are, try again soon.)",
+        ),
+        (
+            {"SX": "no_such_subteam", "SY": "plan_upgrade_required"},
+            [],
+            " (this workspace's plan has no user groups; user group SX does not exist.)",
+        ),
+        (
+            {"SX": "no_such_subteam"},
+            ["SOPS"],
+            " (user group SX does not exist; Slack did not say who is in <!subteam^SOPS> "
+            "just now; if you are, try again soon.)",
+        ),
+    ],
+)
+def test_groups_note_says_why_slack_may_be_the_cause(gone, unread, note):
+    assert groups_note(gone, unread) == note

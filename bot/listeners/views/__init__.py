@@ -7,6 +7,7 @@ from bot.blocks.refusals import FORM_NOT_VERIFIED
 from bot.core import commands as cmd
 from bot.listeners import inbound
 from bot.listeners.actions import actor_fields
+from bot.listeners.views import restore_confirm
 from bot.services import auditing, door
 from bot.services.actors import Actor
 from bot.services.deps import Deps
@@ -25,6 +26,8 @@ def _value(state: dict, block: str, action: str) -> str:
 
 
 def register(app: App, deps: Deps) -> None:
+    restore_confirm.register(app, deps)
+
     @app.view(ids.CREATE_MODAL)
     def create_submitted(ack: Ack, body: dict, view: dict, context: BoltContext) -> None:
         who = actor_fields(body)

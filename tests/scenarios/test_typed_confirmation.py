@@ -263,6 +263,24 @@ def test_a_press_on_a_decided_request_or_another_message_gets_no_modal(start):
     ]
 
 
+def test_a_press_the_listener_could_not_judge_never_approves_without_the_typed_name(start):
+    # Slack fails the user group's lookup at the click (the listener fails closed: no
+    # modal); by the time the job runs it answers, and the presser may approve. The job
+    # must not approve without the typed name: it asks for another press.
+    stack = start(settings={"snapshot_approvers": "SOPS"})
+    stack.slack.usergroups["SOPS"] = ["UOPS"]
+    req, message = open_request(stack)
+    stack.slack.fail_next("usergroups.users.list", 1, status=500)
+    press_approve(stack, "UOPS", message)
+    wait_for_ephemeral(stack, "UOPS", "Press Approve again")
+    stack.wait_settled()
+    assert stack.slack.calls("views.open") == []
+    assert approvers(stack, req.id) == frozenset() and restore_calls(stack) == 0
+    assert audit(stack, "restore.approve") == [("UOPS", "denied", "typed confirmation needed")]
+    assert confirm_via_modal(stack, "UOPS", message) == {}
+    wait_until(lambda: state_of(stack, req.id) == "succeeded", what="the restore")
+
+
 # --- the submission -------------------------------------------------------------------------
 
 

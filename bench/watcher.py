@@ -35,7 +35,6 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -48,18 +47,16 @@ from pathlib import Path
 import httpx
 from sqlalchemy import func, select
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bot.config import Settings  # noqa: E402
-from bot.runtime import build_runtime  # noqa: E402
-from bot.services.watches import report_snapshot  # noqa: E402
-from bot.vps.client import VpsClient  # noqa: E402
-from bot.vps.errors import VpsError  # noqa: E402
-from bot.watcher import REPORT_SENDERS, STUCK_AFTER, Duties  # noqa: E402
-from storage import repositories as repo  # noqa: E402
-from storage.db import session_scope  # noqa: E402
-from storage.tables import Watch  # noqa: E402
+from bot.config import Settings
+from bot.runtime import build_runtime
+from bot.services.watches import report_snapshot
+from bot.vps.client import VpsClient
+from bot.vps.errors import VpsError
+from bot.watcher import REPORT_SENDERS, STUCK_AFTER, Duties
+from snapbot_local.harness import Child, start_child
+from storage import repositories as repo
+from storage.db import session_scope
+from storage.tables import Watch
 
 TOKEN = "bench-token"
 SERVERS = 50
@@ -112,20 +109,13 @@ def completion_ranks(n: int) -> list[int]:
 class Simulator:
     url: str
     base: float
-    process: subprocess.Popen
+    child: Child
 
     @classmethod
     def start(cls, n: int, window: float) -> Simulator:
-        process = subprocess.Popen(
-            [sys.executable, __file__, "--serve-sim", str(n), "--window", str(window)],
-            cwd=ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-        url, base = process.stdout.readline().split()
-        return cls(url, float(base), process)
+        child = start_child([__file__, "--serve-sim", str(n), "--window", str(window)])
+        url, base = child.read_line().split()
+        return cls(url, float(base), child)
 
     def admin(self, method: str, action: str, body: dict | None = None) -> dict:
         admin = self.url.replace("/api/v1/", "/_sim/")
@@ -139,9 +129,7 @@ class Simulator:
         return t0
 
     def stop(self) -> None:
-        if self.process.stdin:
-            self.process.stdin.close()
-        self.process.wait(10)
+        self.child.stop()
 
 
 # ---- the fake Slack, in a child process -----------------------------------------------------
@@ -171,33 +159,21 @@ def serve_fake_slack() -> int:
 @dataclass
 class SlackChild:
     api_url: str
-    process: subprocess.Popen
+    child: Child
 
     @classmethod
     def start(cls) -> SlackChild:
-        process = subprocess.Popen(
-            [sys.executable, __file__, "--serve-slack"],
-            cwd=ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-        return cls(process.stdout.readline().strip(), process)
+        child = start_child([__file__, "--serve-slack"])
+        return cls(child.read_line().strip(), child)
 
     def set_latency(self, seconds: float) -> None:
-        self.process.stdin.write(f"latency {seconds}\n")
-        self.process.stdin.flush()
-        assert self.process.stdout.readline().strip() == "ok"
+        assert self.child.ask(f"latency {seconds}").strip() == "ok"
 
     def calls(self) -> list[list]:
-        self.process.stdin.write("calls\n")
-        self.process.stdin.flush()
-        return json.loads(self.process.stdout.readline())
+        return json.loads(self.child.ask("calls"))
 
     def stop(self) -> None:
-        self.process.stdin.close()
-        self.process.wait(10)
+        self.child.stop()
 
 
 # ---- the naive baseline -------------------------------------------------------------------

@@ -137,7 +137,10 @@ def _evict(deps: Deps, req: RestoreRequest) -> bool:
             s, request_id=req.id, from_step=Step.EVICT, to_step=Step.CREATE, now=deps.clock()
         )
         mid = None
-        if moved and action == Eviction.DELETE:
+        gone = req.evict_snapshot_id is not None and action == Eviction.NONE
+        if moved and (action == Eviction.DELETE or gone):
+            # Gone already: deleted by a process that died before storing the step
+            # (or by someone else); either way it is not deleted twice.
             audit(
                 deps,
                 s,
@@ -145,7 +148,7 @@ def _evict(deps: Deps, req: RestoreRequest) -> bool:
                 "safety.evict",
                 "ok",
                 target=f"request:{req.id} snapshot:{req.evict_snapshot_id} server:{req.server_id}",
-                detail=req.evict_snapshot_name,
+                detail=req.evict_snapshot_name + (" (already gone)" if gone else ""),
             )
             mid = deps.outbox.post(
                 s,

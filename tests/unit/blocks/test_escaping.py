@@ -146,9 +146,26 @@ def hostile_request(**kw):
         decided_by=None,
         outcome_detail=MARKUP,
         message_ts=None,
+        safety_plan="off",
+        evict_snapshot_id=None,
+        evict_snapshot_name="",
+        newer_snapshot_name="",
+        newer_snapshot_created_at=None,
+        safety_step="",
+        safety_snapshot_id=None,
     )
     fields.update(kw)
     return SimpleNamespace(**fields)
+
+
+SAFETY_ON = dict(
+    safety_plan="on",
+    evict_snapshot_id=798,
+    evict_snapshot_name=MARKUP,
+    newer_snapshot_name=MARKUP,
+    newer_snapshot_created_at=NOW,
+    safety_snapshot_id=905,
+)
 
 
 def hostile_watch():
@@ -200,6 +217,11 @@ BUILDERS = {
     },
     "delete": lambda: delete_prompt(hostile_snapshot(), "U1", NOW),
     "request": lambda: restore_request(hostile_request(), [], NOW),
+    "request-safety": lambda: restore_request(hostile_request(**SAFETY_ON), [], NOW),
+    "request-undo": lambda: restore_request(
+        hostile_request(**SAFETY_ON, state="succeeded", decided_by="UBOB"), ["UBOB"], NOW
+    ),
+    "request-opted-out": lambda: restore_request(hostile_request(safety_plan="opted_out"), [], NOW),
     "request-failed": lambda: restore_request(
         hostile_request(state="failed", decided_by="UBOB"), ["UBOB"], NOW
     ),

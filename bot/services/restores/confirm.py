@@ -40,7 +40,7 @@ from bot.services import door
 from bot.services.actors import Actor
 from bot.services.auditing import audit, record
 from bot.services.deps import Deps
-from bot.services.messaging import answer
+from bot.services.messaging import answer, await_settled, incident_key, request_key
 from bot.services.restores import decisions
 from bot.services.restores.message import request_view, rules_view
 from storage import repositories as repo
@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 TYPED = "typed"
 # views.open answers within the ack's 3 s or not at all: the trigger is spent by then.
 VIEWS_OPEN_TIMEOUT_S = 2.0
+POSTED_WAIT_S = 0.5  # at most, for the request message's ts (at once when it is known)
 _MAY_APPROVE = (approval.Verdict.RECORD, approval.Verdict.APPROVE)
 
 
@@ -71,6 +72,9 @@ def open_confirmation(deps: Deps, payload: dict, *, delivery_key: str | None = N
         return False  # the door refuses it, in the job
     actor = Actor.from_payload(payload)
     request_id = int(payload["value"])
+    # Slack shows the request message a moment before snapbot has its ts, and a press
+    # may come in that moment: wait a little (not the job's while: the trigger ticks).
+    await_settled(deps, posted_keys(deps, actor, request_id), timeout=POSTED_WAIT_S)
     now = deps.clock()
     groups = deps.groups.groups_of(actor.user, deps.policy.approvers)
     with session_scope(deps.engine, readonly=True) as s:
@@ -114,6 +118,14 @@ def open_confirmation(deps: Deps, payload: dict, *, delivery_key: str | None = N
             answer=error_message(CONFIRM_NOT_OPENED),
         )
     return True
+
+
+def posted_keys(deps: Deps, actor: Actor, request_id: int) -> list[str]:
+    """The request's messages the press could be on (as ``decisions.await_posted``)."""
+    keys = [request_key(request_id)]
+    if actor.channel and actor.channel == deps.settings.incident_channel:
+        keys.append(incident_key(request_id, "opened"))
+    return keys
 
 
 def _may_approve(deps: Deps, s, actor: Actor, req, approvals, groups: frozenset[str]) -> bool:

@@ -45,6 +45,8 @@ def start(request, sqlite_url):
 
     def _start(**overrides) -> LocalStack:
         settings = {"restore_confirm": "typed", **overrides.pop("settings", {})}
+        if overrides.get("safer_restores"):
+            settings.pop("restore_confirm")  # as LocalStack sets it: typed
         stack = LocalStack(
             database_url=sqlite_url,
             poll_seconds=0.2,
@@ -349,6 +351,22 @@ def test_a_double_submission_and_a_redelivery_count_once(start):
     approved = audit(stack, "restore.approve")
     assert approved[0] == ("UBOB", "ok", "approve")
     assert approved[1:] in ([], [("UBOB", "denied", "closed")])  # the second, if it came in time
+
+
+def test_with_safer_restores_on_the_confirmed_approval_snapshots_first_then_restores_once(start):
+    # SPEC 9 as shipped: RESTORE_SAFETY_SNAPSHOT=on and RESTORE_CONFIRM=typed together.
+    stack = start(safer_restores=True, create_seconds=0.5, settings={})
+    assert stack.settings.restore_confirm == "typed" and stack.settings.restore_safety_snapshot
+    req, message = open_request(stack)
+    trigger, _ = press_approve(stack, "UBOB", message)
+    view = wait_opened(stack, trigger).view
+    assert f"pre-restore-r{req.id}" in view_text(view)
+    assert submit(stack, "UBOB", view["private_metadata"], SERVER_NAME) == {}
+    wait_until(lambda: state_of(stack, req.id) == "succeeded", what="the restore")
+    stack.wait_settled()
+    assert stack.sim.state.calls["POST snapshots/"] == 1  # the safety snapshot, once
+    assert restore_calls(stack) == 1
+    assert audit(stack, "restore.approve") == [("UBOB", "ok", "approve")]
 
 
 def test_two_approvers_each_confirm_and_the_quorum_restores_once(start):

@@ -283,6 +283,18 @@ def test_a_press_the_listener_could_not_judge_never_approves_without_the_typed_n
     wait_until(lambda: state_of(stack, req.id) == "succeeded", what="the restore")
 
 
+def test_a_modal_slack_would_not_open_is_said_and_approves_nothing(start):
+    stack = start()
+    req, message = open_request(stack)
+    stack.slack.error_next("views.open", error="expired_trigger_id")
+    press_approve(stack, "UBOB", message)
+    wait_for_ephemeral(stack, "UBOB", "Slack did not open the confirmation in time")
+    stack.wait_settled()
+    assert approvers(stack, req.id) == frozenset() and restore_calls(stack) == 0
+    assert [a[:2] for a in audit(stack, "restore.confirm")] == [("UBOB", "ok"), ("UBOB", "error")]
+    assert audit(stack, "restore.approve") == []
+
+
 # --- the submission -------------------------------------------------------------------------
 
 

@@ -16,7 +16,8 @@ With --typed (RESTORE_CONFIRM=typed, SPEC 9.3) each approver's press first opens
 confirmation modal (views.open, before the press is acknowledged); the race is then
 between the N modal submissions, each typing the server's name, released from the
 barrier across the two processes as the presses are without it. The click time is
-then the release of the submissions.
+then the release of the submissions. The N presses themselves are sent at once too,
+and their acks (views.open made before each) timed: Slack's trigger_id lives 3 s.
 
 The database URL comes from --database-url, else TEST_DATABASE_URL. A fresh schema
 is created in it and dropped afterwards. Exit status 0 only when every N saw exactly
@@ -81,6 +82,7 @@ class Bench:
         self.opened = 0
         self.calls_seen = 0  # the fake Slack's calls already scanned for opened modals
         self.closed_answers = 0  # submissions answered "already decided" in the ack
+        self.press_acks: list[float] = []  # --typed: press -> ack, views.open included
 
     def close(self) -> None:
         for proc in self.procs:
@@ -187,10 +189,15 @@ class Bench:
         """Every approver presses Approve (alternating processes) and gets the modal,
         opened before the press was acknowledged; the submissions to race, each with
         the server's name typed (surrounding spaces and all) into its own modal."""
-        with ThreadPoolExecutor(8) as pool:
-            statuses = list(
-                pool.map(lambda i: self.post(self.procs[i % 2], presses[i]), range(len(users)))
-            )
+
+        def press(i: int) -> int:
+            sent = time.monotonic()
+            status = self.post(self.procs[i % 2], presses[i])
+            self.press_acks.append(time.monotonic() - sent)
+            return status
+
+        with ThreadPoolExecutor(len(users)) as pool:
+            statuses = list(pool.map(press, range(len(users))))
         if set(statuses) != {200}:
             raise RuntimeError(f"request #{rid}: presses answered {statuses}")
         calls = self.fake.calls_since(self.calls_seen)
@@ -275,6 +282,7 @@ def main() -> int:
                             latencies.append(latency)
                     elapsed = time.monotonic() - started
                     closed, bench.closed_answers = bench.closed_answers, 0
+                    acks, bench.press_acks = bench.press_acks, []
                     per_request = calls / args.rounds
                     good = calls == args.rounds and len(latencies) == args.rounds
                     ok = ok and good
@@ -290,8 +298,11 @@ def main() -> int:
                         f"{per_request:.3f} per request{'' if good else '  <-- NOT EXACTLY ONE'}; "
                         f"{lat}; {elapsed:.1f} s"
                         + (
-                            f"; {closed} submissions told in the ack it was already decided"
-                            if args.typed
+                            f"; {closed} submissions told in the ack it was already decided; "
+                            f"press -> ack with the modal opened p50 "
+                            f"{percentile(acks, 50) * 1000:.0f} ms, p99 "
+                            f"{percentile(acks, 99) * 1000:.0f} ms, max {max(acks) * 1000:.0f} ms"
+                            if args.typed and acks
                             else ""
                         ),
                         flush=True,

@@ -208,7 +208,9 @@ class Duties:
             for w in watched:
                 snap = snapshots.get(w.snapshot_id)
                 if w.kind == "safety":
-                    self._safety_seen(w, snap, now)
+                    # Its end may call the provider (the restore): beside the reports,
+                    # not in front of them.
+                    sending.append(pool.submit(self._safety_seen, w, snap, now))
                 elif snap is None:
                     watches.report_snapshot(self.deps, w, "gone", None, now, send=send)
                 elif snap.is_terminal:

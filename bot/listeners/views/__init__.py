@@ -11,6 +11,7 @@ from bot.core import commands as cmd
 from bot.core import view_metadata
 from bot.listeners import inbound
 from bot.listeners.actions import actor_fields
+from bot.listeners.views import restore_confirm
 from bot.services import auditing, door
 from bot.services.actors import Actor
 from bot.services.deps import Deps
@@ -29,6 +30,8 @@ def _value(state: dict, block: str, action: str) -> str:
 
 
 def register(app: App, deps: Deps) -> None:
+    restore_confirm.register(app, deps)
+
     @app.view(ids.CREATE_MODAL)
     def create_submitted(ack: Ack, body: dict, view: dict, context: BoltContext) -> None:
         _create_submitted(deps, ack, body, view, context.get("delivery_key"))

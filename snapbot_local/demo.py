@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 from bot.blocks import ids
@@ -62,6 +63,7 @@ def local_stack() -> LocalStack:
         create_seconds=CREATE_SECONDS,
         restore_seconds=RESTORE_SECONDS,
         poll_seconds=POLL_SECONDS,
+        safer_restores=True,  # SPEC 9, as in production: a safety snapshot, typed confirmation
         settings_overrides=settings_from_env(),
     )
 
@@ -91,6 +93,7 @@ class Story:
     actions: list[UserAction] = field(default_factory=list)
     out: Callable[[str], None] = print
     patience: float = 1.0  # scales every deadline (tests of failing stories shorten them)
+    trigger: str = ""  # the trigger_id of the last press (a modal it opens carries it)
 
     @property
     def fake(self):
@@ -114,6 +117,7 @@ class Story:
             raise StepFailed(f"the message has no {action_id} button any more")
         label = element["text"]["text"]
         fake = self.fake
+        self.trigger = fake.new_trigger_id()
         body = button_press_body(
             message,
             action_id,
@@ -121,7 +125,7 @@ class Story:
             response_url=fake.response_url(
                 "button", channel=message.channel, user=user, message_ts=message.ts
             ),
-            trigger_id=fake.new_trigger_id(),
+            trigger_id=self.trigger,
         )
         before = mark(fake)
         response = self.stack.client.post(body)
@@ -133,6 +137,39 @@ class Story:
         if again:
             said += " again: a double click"
         self.actions.append(UserAction(before, message.channel, user, f"({said})", on=message.ts))
+
+    def confirmation(self, user: str):
+        """The typed confirmation the last press opened (SPEC 9.3)."""
+
+        def opened():
+            return next((v for v in self.fake.views() if v.trigger_id == self.trigger), None)
+
+        return self.wait(opened, f"confirmation opened for {self.names.user(user)}")
+
+    def type_confirmation(self, user: str, view, typed: str, on=None) -> dict:
+        """Type ``typed`` into the confirmation and submit it: the ack's answer. ``on``:
+        the message whose button opened it (the transcript shows the typing there)."""
+        before = mark(self.fake)
+        response = self.stack.user(user, OPS).submit(
+            ids.RESTORE_CONFIRM_MODAL,
+            {ids.RESTORE_CONFIRM_BLOCK: {ids.RESTORE_CONFIRM_ACTION: typed}},
+            private_metadata=view.view["private_metadata"],
+        )
+        self._acked(response, "the confirmation")
+        said = f"(types “{typed}” into the confirmation and presses [Approve])"
+        answer = response.json() if response.content else {}
+        # A refused name stays in the modal, under its input: shown as the ack.
+        errors = answer.get("errors") if answer.get("response_action") == "errors" else None
+        shown = {"text": " ".join(errors.values())} if errors else None
+        self.actions.append(UserAction(before, OPS, user, said, shown, on=getattr(on, "ts", None)))
+        return answer
+
+    def approvers(self, request_id: int) -> frozenset[str]:
+        from storage import repositories as repo
+        from storage.db import session_scope
+
+        with session_scope(self.stack.deps.engine, readonly=True) as s:
+            return repo.approvers_of(s, request_id=request_id)
 
     def _acked(self, response, what: str) -> None:
         if response.status_code != 200:
@@ -246,6 +283,10 @@ def step_request(story: Story, memo: Memo) -> str:
     labels = [b["text"]["text"] for b in buttons_of(request.blocks)]
     expect(labels == ["Approve", "Reject"], f"expected [Approve] [Reject], got {labels}")
     expect("overwritten" in text, f"the request does not warn that data is overwritten:\n{text}")
+    expect(
+        "safety snapshot `pre-restore-r1`" in text,
+        f"the request does not announce its safety snapshot:\n{text}",
+    )
     story.wait(
         lambda: any("Restore requested" in t for t in story.incidents()),
         "notice in #incidents that a restore was requested",
@@ -270,20 +311,34 @@ def step_approve(story: Story, memo: Memo) -> str:
     # With RESTORE_APPROVALS above 1, carol (and dave …) approve before bob.
     for user in EXTRA_APPROVERS[: story.stack.settings.restore_approvals - 1]:
         story.press(user, story.now(memo.request), ids.APPROVE)
+        story.type_confirmation(user, story.confirmation(user), SERVER, memo.request)
         story.ephemeral(user, "more approval(s) needed")
         expect(story.stack.restore_calls == 0, "a restore started before the last approval")
     memo.pressed = story.now(memo.request)
     story.press(BOB, memo.pressed, ids.APPROVE)
-    story.wait(lambda: story.stack.restore_calls >= 1, "restore call at the provider")
-    story.reply(memo.request, "Restore started")
+    view = story.confirmation(BOB)
+    preview = story.text(SimpleNamespace(blocks=view.view["blocks"], text=""))
+    expect(SERVER in preview and "will be overwritten" in preview, f"no preview:\n{preview}")
+    answer = story.type_confirmation(BOB, view, "web-server-1", memo.request)  # a typo
+    expect(answer.get("response_action") == "errors", f"a wrong name was not refused: {answer}")
+    expect(BOB not in story.approvers(1), "the wrong name counted as bob's approval")
+    story.type_confirmation(BOB, view, f" {SERVER} ", memo.request)
+    story.reply(memo.request, "Taking the safety snapshot `pre-restore-r1`")
+    expect(story.stack.restore_calls == 0, "the restore started before its safety snapshot")
+    story.reply(memo.request, "Restore started", timeout=FINISH_TIMEOUT)
     story.wait(
         lambda: "Approved by @bob" in story.text(story.now(memo.request)),
         "update of the request saying “Approved by @bob”",
     )
     story.settle()
     calls = story.stack.restore_calls
+    creates = story.stack.sim.state.calls["POST snapshots/"]
     expect(calls == 1, f"the provider was asked to restore {calls} times, not once")
-    return "approved by bob; the provider was called exactly once"
+    expect(creates == 2, f"{creates} creates: the post-mortem one and one safety snapshot")
+    return (
+        "bob typed a wrong name (refused), then web-server-01; the safety snapshot "
+        "pre-restore-r1 completed first; the provider was called exactly once"
+    )
 
 
 def step_double_click(story: Story, memo: Memo) -> str:
@@ -303,6 +358,28 @@ def step_follow(story: Story, memo: Memo) -> str:
     calls = story.stack.restore_calls
     expect(calls == 1, f"{calls} restore calls")
     return f"{SERVER} left `restoring`; the thread says the restore is finished"
+
+
+def step_undo(story: Story, memo: Memo) -> str:
+    finished = story.wait(
+        lambda: (m := story.now(memo.request)) is not None and "Undo…" in story.text(m) and m,
+        "an Undo… button on the finished restore",
+    )
+    expect("pre-restore-r1" in story.text(finished), "the finished restore does not name it")
+    story.press(ALICE, finished, ids.UNDO)
+    undo = story.message("Restore request #2")
+    expect("undo restore request #1" in story.text(undo), f"not an undo:\n{story.text(undo)}")
+    labels = [b["text"]["text"] for b in buttons_of(undo.blocks)]
+    expect(labels == ["Approve", "Reject"], f"expected [Approve] [Reject], got {labels}")
+    story.press(ALICE, undo, ids.REJECT)  # the server is fine: alice withdraws it
+    story.wait(
+        lambda: "Cancelled by the requester" in story.text(story.now(undo)),
+        "update of request #2 saying it was cancelled",
+    )
+    story.settle()
+    calls = story.stack.restore_calls
+    expect(calls == 1, f"{calls} restore calls: the undo request restored without approval")
+    return "a new two-person request #2 for pre-restore-r1; alice withdrew it, nothing restored"
 
 
 def step_incidents(story: Story, memo: Memo) -> str:
@@ -347,9 +424,10 @@ STEPS: list[tuple[str, Callable[[Story, Memo], str]]] = [
     ("alice snapshots the broken server first, for the post-mortem", step_create),
     ("alice asks to restore web-server-01 from snapshot 801", step_request),
     ("alice tries to approve her own request", step_self_approval),
-    ("bob approves", step_approve),
+    ("bob approves, typing the server's name", step_approve),
     ("bob's click arrives twice (a double click)", step_double_click),
     ("snapbot follows the restore in its thread", step_follow),
+    ("alice tries Undo… on the finished restore", step_undo),
     ("#incidents heard about every turn", step_incidents),
     ("audit verify", step_audit),
     ("Slack would accept every message", step_block_kit),

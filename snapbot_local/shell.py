@@ -25,6 +25,7 @@ import sys
 from collections.abc import Callable
 from typing import TextIO
 
+from bot.blocks import ids
 from snapbot_local.demo import ack_body, local_stack, quiet_logs
 from snapbot_local.slack.signing import find_button
 from snapbot_local.stack import INCIDENT_CHANNEL, LocalStack, SlackUser
@@ -34,13 +35,15 @@ OPS = "C1"
 ANSWER_TIMEOUT = 15.0
 DEFAULT_WAIT = 10.0
 MAX_WAIT = 120.0
+MAX_CONFIRM_TRIES = 3  # wrong names typed into a confirmation before the shell closes it
 
 HELP = """\
 Type a slash command as the current user, e.g.
   /snapshot list                 /snapshot create web-server-01 before-fix
   /snapshot restore 801 reason   /snapshot pending      /snapshot audit 5
 Shell commands:
-  /press N  (or just N)   press button N as the current user
+  /press N  (or just N)   press button N as the current user (Approve asks you to type
+                          the server's name, as Slack's confirmation does)
   /as USER                become someone else: a name or an ID ({users})
   /wait [SECONDS]         wait for news, e.g. a snapshot completing (default {wait:g} s)
   /help                   this help
@@ -148,13 +151,50 @@ class Shell:
         if button.confirm and not self.confirmed(button.confirm):
             self.out("Not pressed.")
             return
+        seen = {v.id for v in self.stack.slack.views()}
         response = SlackUser(self.stack, self.user, button.channel).press(
             message, button.action_id, value=button.value
         )
         if response.status_code != 200:
             self.out(f"(the app answered HTTP {response.status_code})")
             return
+        opened = [
+            v
+            for v in self.stack.slack.views()
+            if v.id not in seen and v.view.get("callback_id") == ids.RESTORE_CONFIRM_MODAL
+        ]
+        if opened:
+            self.feed.handled_view(opened[-1])
+            self.confirm(opened[-1].view)
         self.settle()
+
+    def confirm(self, view: dict) -> None:
+        """The typed confirmation (SPEC 9.3): shown as a box; what is typed is submitted
+        as the modal's text input, until snapbot accepts it or nothing is typed."""
+        title = (view.get("title") or {}).get("text", "")
+        self.out(f"  ┏ {title}")
+        for line in render_blocks(view.get("blocks"), None, self.names):
+            self.out(f"  ┃ {line}")
+        for _ in range(MAX_CONFIRM_TRIES):
+            typed = self.read("  ┗ type the server's name to approve (empty: close): ")
+            if not (typed or "").strip():
+                self.out("Closed; nothing approved.")
+                return
+            response = SlackUser(self.stack, self.user, OPS).submit(
+                ids.RESTORE_CONFIRM_MODAL,
+                {ids.RESTORE_CONFIRM_BLOCK: {ids.RESTORE_CONFIRM_ACTION: typed.rstrip("\n")}},
+                private_metadata=view.get("private_metadata", ""),
+            )
+            answer = response.json() if response.content else {}
+            if answer.get("response_action") == "errors":
+                for error in answer.get("errors", {}).values():
+                    self.out(f"  ┃ ⚠ {error}")
+                continue
+            if answer.get("response_action") == "update":
+                for line in render_blocks(answer["view"].get("blocks"), None, self.names):
+                    self.out(f"  ┃ {line}")
+            return
+        self.out("Closed; nothing approved.")
 
     def confirmed(self, confirm) -> bool:
         """Slack asks before sending a button that carries a confirm dialog; so do we."""

@@ -71,6 +71,11 @@ EMOJI: Mapping[str, str] = {
     "lock": "🔒",
     "wastebasket": "🗑",
     "grey_question": "❔",
+    "shield": "🛡",
+    "eyes": "👀",
+    "bangbang": "‼️",
+    "camera_with_flash": "📸",
+    "leftwards_arrow_with_hook": "↩",
 }
 
 _ANGLE = re.compile(r"<([^<>\n]+)>")
@@ -173,6 +178,8 @@ def mrkdwn_to_text(text: str | None, names: Names) -> str:
             return "#" + label if label else names.channel(target[1:])
         if target.startswith("!subteam^"):
             return "@" + (label.lstrip("@") or target.removeprefix("!subteam^"))
+        if target.startswith("!date^"):  # a time in the reader's zone: its fallback here
+            return label or target
         if target.startswith("!"):
             return "@" + (label or target[1:])
         return f"{label} ↗" if label else target
@@ -394,6 +401,10 @@ class Feed:
         self._seen_messages: dict[tuple[str, str], int] = {}  # (channel, ts) -> versions seen
         self._seen_ephemerals: dict[str, int] = {}  # message_ts -> versions seen
         self._seen_views: dict[str, int] = {}
+
+    def handled_view(self, view) -> None:
+        """A modal the caller shows itself (the shell's typed confirmation): not news."""
+        self._seen_views[view.id] = len(view.history) + 1
 
     def pending(self, viewer: str) -> bool:
         """Is there anything this viewer has not been shown yet?"""

@@ -50,19 +50,26 @@ _APPROVED_STATES = frozenset(
 
 
 def restore_request(
-    req, approvals: Iterable[str], now: datetime, *, ended: tuple[str, str] | None = None
+    req,
+    approvals: Iterable[str],
+    now: datetime,
+    *,
+    ended: tuple[str, str] | None = None,
+    typed: bool = False,
 ) -> dict:
     """The request message in the channel; rebuilt from the stored request each time
     it changes (chat.update), so it always shows the outcome and who decided.
     ``ended``: (the server's status, how long it took) once a started restore's
-    follow-up has ended; a status still `restoring` means snapbot gave up on it."""
+    follow-up has ended; a status still `restoring` means snapbot gave up on it.
+    ``typed``: Approve opens the typed confirmation (SPEC 9.3), so it carries no
+    confirm dialog of its own (one question, not two)."""
     approvals = sorted(approvals)
     plan = plan_lines(req)
     blocks: list[Block] = [section(plan[0])] if plan and plan[0] else []
     blocks += [section(_request_head(req, now)), section(_request_body(req, now, plan[1:]))]
     state = req.state
     if req.state == "pending":
-        blocks += _pending_blocks(req, approvals)
+        blocks += _pending_blocks(req, approvals, typed=typed)
     else:
         state, line = _outcome_line(req, approvals, ended)
         blocks.append(section(line))
@@ -110,7 +117,7 @@ def _request_body(req, now: datetime, plan: list[str]) -> str:
     return "\n".join(lines + [line for line in plan if line])
 
 
-def _pending_blocks(req, approvals: list[str]) -> list[Block]:
+def _pending_blocks(req, approvals: list[str], *, typed: bool) -> list[Block]:
     """Who has approved so far, and the two buttons."""
     got = ", ".join(mention(a) for a in approvals) or "none yet"
     approve = ButtonElement(
@@ -118,7 +125,9 @@ def _pending_blocks(req, approvals: list[str]) -> list[Block]:
         action_id=ids.APPROVE,
         value=str(req.id),
         style="danger",
-        confirm=ConfirmObject(
+        confirm=None
+        if typed
+        else ConfirmObject(
             title="Approve this restore?",
             text=clip(
                 f"{escape(req.server_name)} will be overwritten with snapshot "

@@ -31,11 +31,16 @@ def rules_view(req: RestoreRequest, approvals: frozenset[str]) -> approval.Reque
     )
 
 
+def typed_confirm(deps: Deps) -> bool:
+    """Approve opens the typed confirmation (SPEC 9.3) rather than approving at once."""
+    return deps.settings.restore_confirm == "typed"
+
+
 def update_request_message(
     deps: Deps, session, req: RestoreRequest, approvals, *, ended: tuple[str, str] | None = None
 ) -> int | None:
     """Queue the edit of the request message that shows ``req`` as it is now."""
-    payload = restore_request(req, approvals, deps.clock(), ended=ended)
+    payload = restore_request(req, approvals, deps.clock(), ended=ended, typed=typed_confirm(deps))
     # Edits are chained in the order of the request's states (each waits for the one
     # before it), so an older edit that Slack delayed or refused once never lands last.
     state = RESTORE_ENDED if ended is not None else req.state

@@ -25,6 +25,7 @@ from bot.services.messaging import (
     permalink,
     request_key,
 )
+from bot.services.restores.message import typed_confirm
 from bot.vps.errors import VpsError
 from bot.vps.models import Snapshot
 from storage import repositories as repo
@@ -170,7 +171,10 @@ def _open(
             )
             return None, mid
         mid = deps.outbox.post(
-            s, actor.channel, restore_request(req, (), now), key=request_key(req.id)
+            s,
+            actor.channel,
+            restore_request(req, (), now, typed=typed_confirm(deps)),
+            key=request_key(req.id),
         )
         audit(
             deps,

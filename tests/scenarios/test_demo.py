@@ -84,16 +84,28 @@ def test_demo_plays_the_whole_incident_from_a_clean_directory_and_exits_zero(tmp
     ), ops
     # The self-approval refused, to alice only; bob's approval; one restore, followed.
     # The presses are shown under the request they were pressed on, in order.
+    # Bob confirms by typing the server's name (a typo refused first); the safety
+    # snapshot completes before the one restore starts (SPEC 9).
     assert re.search(
         r"^    • alice: \(presses \[Approve\].*\n"
         r"    • snapbot \(only alice sees this\): You cannot approve your own restore request"
         r"(?:.*\n)*?    • bob: \(presses \[Approve\].*\n"
-        r"    ↳ snapbot: 🔄 Restore started",
+        r"    • bob: \(types “web-server-1” into the confirmation.*\n"
+        r"    • snapbot \(only bob sees this\): That is not the server's name.*\n"
+        r"(?:.*\n)*?    • bob: \(types “ web-server-01 ” into the confirmation.*\n"
+        r"    ↳ snapbot: 📸 Taking the safety snapshot `pre-restore-r1`.*\n"
+        r"(?:.*\n)*?    ↳ snapbot: ✅ Safety snapshot `pre-restore-r1` \(ID `\d+`\) completed"
+        r"(?:.*\n)*?    ↳ snapbot: 🔄 Restore started",
         ops,
         re.M,
     ), ops
     assert "Approved by @bob" in ops
     assert ops.count("Restore started") == 1
+    assert "safety snapshot `pre-restore-r1` of web-server-01" in ops
+    # Undo: a new two-person request for the safety snapshot, withdrawn by alice.
+    assert "[Undo…]" in ops
+    assert re.search(r"Restore request #2: @alice wants to restore web-server-01", ops), ops
+    assert "Reason: undo restore request #1" in ops
     assert re.search(r"^    ↳ snapbot: ✅ @alice web-server-01 has left `restoring`", ops, re.M)
     assert "the provider was called exactly once" in out
     assert "still exactly one restore" in out
@@ -135,7 +147,8 @@ def test_keep_running_leaves_a_working_stack_up_until_interrupted(tmp_path):
         events, sim, db = urls["Slack events URL"], urls["provider simulator"], urls["database"]
         assert httpx.get(urls["health check"]).json()["ok"] is True
         listed = httpx.get(sim + "snapshots/", headers={"Authorization": f"Bearer {VPS_TOKEN}"})
-        assert listed.json()["count"] == 3  # the two seeded and the demo's own
+        # the two seeded, the demo's own and the safety snapshot of its restore
+        assert listed.json()["count"] == 4
         with SlackClientSim(events, SIGNING_SECRET) as slack:
             answer = slack.command("help", user_id="U1")  # answered in the ack itself
             assert answer.status_code == 200 and "/snapshot list" in answer.json()["text"]

@@ -45,10 +45,12 @@ def test_restore_requested_refused_to_the_requester_then_approved_by_bob_in_the_
         "/snapshot list",
         "/snapshot restore 801 bad deploy",
         "5",
-        "y",
         "/as bob",
         "/press 5",
-        "y",
+        "web-server-1",
+        " web-server-01 ",
+        "/wait 60",
+        "/wait 60",
         "/wait 60",
         "/snapshot audit 30",
         "/quit",
@@ -68,24 +70,26 @@ def test_restore_requested_refused_to_the_requester_then_approved_by_bob_in_the_
     assert "[#incidents] snapbot: 🚨 Restore requested" in requested
 
     refused = after(out, "alice@#ops> 5")
-    assert "Approve this restore?" in refused  # the button's confirm dialog, answered y
+    assert "┏" not in refused  # the requester gets no confirmation to type into
     assert "snapbot (only you): You cannot approve your own restore request" in refused
     assert "Restore started" not in refused
 
     assert "You are now bob (U2)." in after(out, "alice@#ops> /as bob")
     approved = after(out, "bob@#ops> /press 5")
+    # The typed confirmation (SPEC 9.3): a typo is refused, the name with spaces accepted.
+    assert "┏ Approve restore #1" in approved and "will be overwritten" in approved
+    assert "type the server's name to approve (empty: close): web-server-1\n" in approved
+    assert "┃ ⚠ That is not the server's name" in approved
     assert "snapbot edited its message:" in approved
     assert "Approved by @bob" in approved
     assert "[5 Approve]" not in approved  # the decided request has no buttons any more
-    assert re.search(
-        r"^    ↳ snapbot in the thread of “.*Restore request #1.*”: 🔄 Restore started",
-        approved,
-        re.M,
-    )
-    assert "[#incidents] snapbot: 🔄 Restore #1 started" in approved
+    assert "Taking the safety snapshot `pre-restore-r1`" in flat(approved)
+    assert "[#incidents] snapbot: ✅ Restore #1 of web-server-01 approved by @bob" in approved
 
-    finished = after(out, "bob@#ops> /wait 60")
-    assert "@alice web-server-01 has left `restoring`" in flat(finished)
+    later = flat(out[out.index("bob@#ops> /wait 60") :])
+    assert later.index("Safety snapshot `pre-restore-r1`") < later.index("Restore started")
+    assert "[#incidents] snapbot: 🔄 Restore #1 started" in later
+    assert "@alice web-server-01 has left `restoring`" in later
 
     audit = after(out, "bob@#ops> /snapshot audit 30")
     assert audit.count("provider.restore") == 1  # the provider was asked once
@@ -105,7 +109,7 @@ def test_buttons_not_yours_gone_or_declined_are_not_pressed_and_eof_leaves_clean
         "/snapshot restore 801",
         "/as alice",
         "5",
-        "n",
+        "",
         "/snapshot pending",
         "/snapshot frobnicate",
         "/as nobody",
@@ -126,9 +130,9 @@ def test_buttons_not_yours_gone_or_declined_are_not_pressed_and_eof_leaves_clean
         after(out, "bob@#ops> /snapshot restore 801")
     )
 
-    # alice declines the confirm dialog of Approve: nothing is sent.
+    # alice closes the typed confirmation of Approve without typing: nothing approved.
     declined = after(out, "alice@#ops> 5")
-    assert "Approve this restore?" in declined and "Not pressed." in declined
+    assert "┏ Approve restore #1" in declined and "Closed; nothing approved." in declined
     pending = after(out, "alice@#ops> /snapshot pending")
     assert "#1 pending: restore web-server-01 from pre-migration-snapshot" in flat(pending)
 
@@ -151,11 +155,12 @@ def test_restore_approvals_from_the_environment_needs_two_approvers_in_the_shell
         "/snapshot restore 801 bad deploy",
         "/as bob",
         "/press 1",
-        "y",
+        "web-server-01",
         "/snapshot pending",
         "/as carol",
         "/press 1",
-        "y",
+        "web-server-01",
+        "/wait 60",
         "/wait 60",
         "/snapshot audit 30",
         "/quit",
@@ -175,7 +180,7 @@ def test_restore_approvals_from_the_environment_needs_two_approvers_in_the_shell
 
     second = flat(after(out, "carol@#ops> /press 1"))
     assert "Approved by @bob, @carol" in second
-    assert "Restore started" in second
+    assert "Restore started" in flat(out[out.index("carol@#ops> /press 1") :])
     audit = after(out, "carol@#ops> /snapshot audit 30")
     assert audit.count("provider.restore") == 1
     assert re.search(r"@bob restore\.approve `request:1` — record", audit), audit

@@ -258,6 +258,11 @@ def test_killed_after_the_eviction_the_survivor_creates_and_restores_once(deploy
     )
     d.wait_reply(message, "Taking the safety snapshot `pre-restore-r")
     finish_and_check(d, rid, message, evicted=oldest)
+    # The eviction the dead process made is audited and told (SPEC 9.7), once.
+    (evicted,) = d.audit("safety.evict", f"request:{rid} snapshot:{oldest} server:{SERVER}")
+    assert "old-0" in evicted.detail
+    (note,) = [t for t in d.thread(message) if f"`{oldest}`" in t]
+    assert "old-0" in note and "make room" in note
 
 
 def test_killed_before_the_create_was_stored_the_survivor_finds_it_by_name(deploy):

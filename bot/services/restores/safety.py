@@ -121,6 +121,9 @@ def _evict(deps: Deps, req: RestoreRequest) -> bool:
         fail(deps, req, safety_failure("list", req, describe(exc)))
         return False
     action = eviction_at_execution(listed, req.evict_snapshot_id)
+    # The named snapshot is not listed and a slot is free: a process that died
+    # mid-step deleted it (or someone else did); audited and told all the same.
+    gone = action == Eviction.NONE and req.evict_snapshot_id not in (None, *(s.id for s in listed))
     if action == Eviction.CHANGED:
         fail(deps, req, safety_failure("changed", req))
         return False
@@ -137,7 +140,7 @@ def _evict(deps: Deps, req: RestoreRequest) -> bool:
             s, request_id=req.id, from_step=Step.EVICT, to_step=Step.CREATE, now=deps.clock()
         )
         mid = None
-        if moved and action == Eviction.DELETE:
+        if moved and (action == Eviction.DELETE or gone):
             audit(
                 deps,
                 s,
@@ -145,12 +148,13 @@ def _evict(deps: Deps, req: RestoreRequest) -> bool:
                 "safety.evict",
                 "ok",
                 target=f"request:{req.id} snapshot:{req.evict_snapshot_id} server:{req.server_id}",
-                detail=req.evict_snapshot_name,
+                detail=req.evict_snapshot_name
+                + (" (already gone: deleted before a restart, or by someone else)" if gone else ""),
             )
             mid = deps.outbox.post(
                 s,
                 req.channel,
-                safety_evicted_note(req),
+                safety_evicted_note(req, already_gone=gone),
                 thread_from=request_key(req.id),
                 key=thread_key(req.id, "safety-evicted"),
             )

@@ -15,7 +15,10 @@ lease for the dead holder's lease running out.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -28,7 +31,7 @@ from storage.db import session_scope
 from storage.tables import Lease
 from tests.conftest import wait_until
 from tests.processes.test_approval_processes import Deployment, press_together
-from tests.procs import Proc, start_web
+from tests.procs import HANG_GUARD_S, Proc, start_web
 
 POLL = 0.2
 HOUR = 3600.0
@@ -205,6 +208,28 @@ def kill_while_held(d: SafetyDeployment, held, rid: int, a: Proc) -> None:
     held.release()
 
 
+@contextmanager
+def slack_hold(fake: FakeSlack, method: str) -> Iterator[threading.Event]:
+    """Keep the fake Slack's calls of ``method`` waiting (the fake runs in this process:
+    its per-method delay is where a call waits); the event is set once one arrived."""
+    arrived, released = threading.Event(), threading.Event()
+    delay_for = fake._delay_for
+
+    def held(name: str) -> float:
+        if name != method:
+            return delay_for(name)
+        arrived.set()
+        released.wait(HOUR)
+        return 0.0
+
+    fake._delay_for = held
+    try:
+        yield arrived
+    finally:
+        released.set()
+        fake._delay_for = delay_for
+
+
 def assert_once(d: SafetyDeployment, rid: int, *, evicted: int | None = None) -> None:
     """One eviction DELETE (or none), one safety create, one restore, in that order."""
     expected = [("DELETE", f"snapshots/{evicted}/")] if evicted is not None else []
@@ -369,6 +394,38 @@ def test_killed_after_the_safety_snapshot_completed_before_the_restore_call(depl
     d.wait_reply(message, "Restore started")
     wait_until(d.delivered, 10, what="everything delivered")
     assert_once(d, rid)
+
+
+def test_killed_while_failing_on_a_failed_safety_snapshot_the_survivor_fails_it(deploy):
+    """The safety snapshot failed; its watch was ended and the process killed before the
+    request was failed (while it asked Slack for the request's permalink): the request
+    must not stay `safeguarding` (holding the server) for ever."""
+    d = deploy
+    a = d.procs[0]
+    rid, message = d.open_request(a, TARGET, user="UALICE")
+    wait_until(d.idle, 10, what="the request fully posted")
+    approve_at(d, a, message)
+    req = wait_until(
+        lambda: (r := d.request(rid)).safety_step == "watch" and r, 20, what="the watch step"
+    )
+    d.wait_reply(message, "Taking the safety snapshot")
+
+    with slack_hold(d.fake, "chat.getPermalink") as asked:
+        d.sim.state.fail_snapshot(req.safety_snapshot_id)
+        assert asked.wait(HANG_GUARD_S), "the failure was not reported"
+        assert d.holder() is a
+        a.kill9()
+    assert d.request(rid).state == "safeguarding"
+
+    d.survivor()
+    d.hand_over(rid, safety_step_at=datetime.now(UTC) - LONG_AGO)
+    req = d.wait_state(rid, "failed")
+    assert "ended as failed; nothing was restored" in req.outcome_detail
+    d.wait_reply(message, "nothing was restored")
+    wait_until(lambda: any(f"#{rid}" in t for t in d.incidents()), 10, what="the incident")
+    wait_until(d.delivered, 10, what="everything delivered")
+    assert d.writes() == [("POST", "snapshots/")]
+    assert d.sim.state.calls[RESTORE] == 0
 
 
 @pytest.mark.postgres

@@ -233,11 +233,22 @@ def _safety_watch(req: RestoreRequest, snapshot_id: int, status: str, now: datet
 def safety_ended(deps: Deps, w: Watch, status: str, now: datetime) -> None:
     """The watcher saw the safety snapshot end as ``status`` (``completed``, another
     terminal status, ``gone``, or ``timeout``): restore now, or fail loudly."""
+    if status != "completed":
+        # Failed before the watch ends: a process killed in between leaves the watch
+        # on, and the next poll fails the request (else it stays safeguarding for ever).
+        with session_scope(deps.engine, readonly=True) as s:
+            req = repo.get_restore_request(s, request_id=w.request_id)
+        if req is not None:
+            timeout = deps.settings.safety_snapshot_timeout
+            fail(deps, req, safety_failure(status, req, timeout=timeout))
+        with session_scope(deps.engine) as s:
+            repo.finish_watch(s, watch_id=w.id, final_status=status, now=now)
+        return
     with session_scope(deps.engine) as s:
         if not repo.finish_watch(s, watch_id=w.id, final_status=status, now=now):
             return
         req = repo.get_restore_request(s, request_id=w.request_id)
-        ready = status == "completed" and repo.move_safety_step(
+        ready = repo.move_safety_step(
             s, request_id=w.request_id, from_step=Step.WATCH, to_step=Step.READY, now=now
         )
         mid = None
@@ -250,13 +261,8 @@ def safety_ended(deps: Deps, w: Watch, status: str, now: datetime) -> None:
                 key=thread_key(req.id, "safety-completed"),
             )
     deps.outbox.flush([mid])
-    if req is None:
-        return
     if ready:
         take_steps(deps, req.id)
-    elif status != "completed":
-        timeout = deps.settings.safety_snapshot_timeout
-        fail(deps, req, safety_failure(status, req, timeout=timeout))
 
 
 def fail(deps: Deps, req: RestoreRequest, why: str) -> None:

@@ -1,8 +1,8 @@
 """How fast does snapbot acknowledge slash commands, and does the provider's speed matter?
 
 Starts the real `web` process exactly as the Procfile does (gunicorn with
-bot.gunicorn_conf and `bot.web:create_app()`, through tests/procs.start_web), the
-provider simulator in a subprocess, and a minimal Slack sink in another (it answers
+bot.gunicorn_conf and `bot.web:create_app()`), the provider simulator in a subprocess,
+and a minimal Slack sink in another, all through snapbot_local.harness (the sink answers
 `{"ok": true}` to the Web API and 200 to response_url posts, and notes when each
 answer arrived), so that this process only sends requests and times them. For each
 provider latency (the simulator's `latency` fault: every provider call answers after
@@ -37,7 +37,6 @@ import argparse
 import multiprocessing
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -47,57 +46,27 @@ from http.client import HTTPConnection, HTTPException
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import httpx
+from sqlalchemy import text
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from sqlalchemy import text  # noqa: E402
-
-from snapbot_local.slack.signing import sign, slash_command_body  # noqa: E402
-from storage.db import make_engine  # noqa: E402
-from tests.procs import free_port, start_simulator_process, start_web, wait_http  # noqa: E402
+from snapbot_local.harness import (
+    cpu_seconds,
+    percentile,
+    set_faults,
+    start_simulator_process,
+    start_slack_sink,
+    start_web,
+    web_settings,
+)
+from snapbot_local.slack.signing import sign, slash_command_body
+from storage.db import make_engine
 
 SECRET = "bench-signing-secret"
 VPS_TOKEN = "bench-vps-token"
 DRAIN_TIMEOUT_S = 600.0
 
-# The Slack stand-in for a benchmark: answers everything, records response_url posts
-# ("<name> <unix time>" lines), costs this process nothing.
-SINK = r"""
-import json, sys, time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-log = open(sys.argv[2], "a", buffering=1)
-class H(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def log_message(self, *a): pass
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if self.path.startswith("/response/"):
-            log.write(f"{self.path[len('/response/'):]} {time.time():.6f}\n")
-            body, ctype = b"ok", "text/plain"
-        else:
-            body, ctype = json.dumps({"ok": True, "ts": "1700000000.000100"}).encode(), "application/json"
-        self.send_response(200)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    do_GET = do_POST
-ThreadingHTTPServer.daemon_threads = True
-ThreadingHTTPServer.request_queue_size = 1024
-ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
-"""
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, int(p / 100 * len(ordered) + 0.5) - 1))]
-
 
 def set_latency(sim_url: str, seconds: float) -> None:
-    admin = sim_url.replace("/api/v1/", "/_sim/faults")
-    httpx.post(admin, json={"latency": seconds}, timeout=5).raise_for_status()
+    set_faults(sim_url, latency=seconds)
 
 
 def unfinished_jobs(engine) -> int:
@@ -113,20 +82,16 @@ def wait_drained(engine) -> None:
         time.sleep(0.25)
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) of a process and all its descendants, from /proc."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total, todo = 0.0, [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-        except (OSError, ValueError):
-            continue
-    return total
+def bench_settings(sink_url: str, sim_url: str, database_url: str) -> dict[str, str]:
+    """The web process's settings: the Slack sink's API, the simulator, the database."""
+    return web_settings(
+        slack_api_url=sink_url + "/api/",
+        vps_api_url=sim_url,
+        database_url=database_url,
+        signing_secret=SECRET,
+        bot_token="xoxb-bench",
+        vps_token=VPS_TOKEN,
+    )
 
 
 def run_phase(
@@ -273,27 +238,13 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="snapbot-ack-bench-"))
     database_url = args.database_url or f"sqlite:///{tmp / 'bench.db'}"
-    answers_log = tmp / "answers.log"
-    answers_log.touch()
-    sink_port = free_port()
-    sink_url = f"http://127.0.0.1:{sink_port}"
-    sink = subprocess.Popen(
-        [sys.executable, "-c", SINK, str(sink_port), str(answers_log)], start_new_session=True
-    )
+    sink = start_slack_sink(tmp)
+    sink_url, answers_log = sink.url, sink.answers
     sim = start_simulator_process(tmp, token=VPS_TOKEN)
     web = None
     try:
-        wait_http(sink_url + "/api/auth.test", proc=sink)
         web = start_web(
-            {
-                "SLACK_BOT_TOKEN": "xoxb-bench",
-                "SLACK_SIGNING_SECRET": SECRET,
-                "SLACK_API_URL": sink_url + "/api/",
-                "VPS_API_URL": sim.url,
-                "VPS_API_TOKEN": VPS_TOKEN,
-                "DATABASE_URL": database_url,
-                "LOG_LEVEL": "WARNING",
-            },
+            bench_settings(sink_url, sim.url, database_url),
             tmp,
             workers=args.workers,
             name="bench-web",
@@ -356,7 +307,6 @@ def main() -> int:
             web.terminate()
         sim.terminate()
         sink.terminate()
-        sink.wait(10)
     return 0
 
 

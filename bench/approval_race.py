@@ -26,28 +26,16 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from sqlalchemy import create_engine, text  # noqa: E402
-
-from bot.blocks import ids  # noqa: E402
-from snapbot_local.provider import start_simulator  # noqa: E402
-from snapbot_local.slack import FakeSlack  # noqa: E402
-from snapbot_local.slack.signing import (  # noqa: E402
-    SlackClientSim,
-    button_press_body,
-    slash_command_body,
-)
-from snapbot_local.stack import BOT_TOKEN, SIGNING_SECRET, VPS_TOKEN  # noqa: E402
-from storage import repositories as repo  # noqa: E402
-from storage.db import make_engine, normalise_url, session_scope  # noqa: E402
-from tests.procs import Proc, start_web, wait_until  # noqa: E402
+from bot.blocks import ids
+from snapbot_local.harness import Proc, fresh_schema, start_webs, wait_until, web_settings
+from snapbot_local.provider import start_simulator
+from snapbot_local.slack import FakeSlack
+from snapbot_local.slack.signing import SlackClientSim, button_press_body, slash_command_body
+from snapbot_local.stack import SIGNING_SECRET, VPS_TOKEN
+from storage import repositories as repo
+from storage.db import make_engine, normalise_url, session_scope
 
 TERMINAL = {"succeeded", "failed", "interrupted", "rejected", "cancelled", "expired"}
 ROUND_TIMEOUT_S = 30.0
@@ -58,20 +46,13 @@ class Bench:
         self.sim = start_simulator(token=VPS_TOKEN, create_seconds=0.0, restore_seconds=0.05)
         self.fake = FakeSlack().start()
         self.db_url = db_url
-        settings = {
-            "SLACK_BOT_TOKEN": BOT_TOKEN,
-            "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-            "SLACK_API_URL": self.fake.api_url,
-            "VPS_API_URL": self.sim.url,
-            "VPS_API_TOKEN": VPS_TOKEN,
-            "DATABASE_URL": db_url,
-            "SNAPSHOT_POLL_SECONDS": "0.5",
-            "LOG_LEVEL": "WARNING",
-        }
-        with ThreadPoolExecutor(2) as pool:
-            self.procs: list[Proc] = list(
-                pool.map(lambda n: start_web(settings, workdir, workers=1, name=n), ("a", "b"))
-            )
+        settings = web_settings(
+            slack_api_url=self.fake.api_url,
+            vps_api_url=self.sim.url,
+            database_url=db_url,
+            SNAPSHOT_POLL_SECONDS="0.5",
+        )
+        self.procs: list[Proc] = start_webs(settings, workdir, ("a", "b"))
         self.engine = make_engine(db_url)
         self.clients = {
             p.url: SlackClientSim(p.url + "/slack/events", SIGNING_SECRET) for p in self.procs
@@ -176,21 +157,6 @@ class Bench:
         return len(writes), latency
 
 
-def fresh_schema(base_url: str) -> tuple[str, Callable[[], None]]:
-    schema = f"bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(normalise_url(base_url), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in base_url else "?"
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
-
-    return f"{normalise_url(base_url)}{sep}options=-csearch_path%3D{schema}", drop
-
-
 def percentile(values: list[float], p: int) -> float:
     if len(values) == 1:
         return values[0]
@@ -217,7 +183,7 @@ def main() -> int:
         print("approval_race: --rounds and every N must be positive", file=sys.stderr)
         return 2
 
-    db_url, drop = fresh_schema(args.database_url)
+    db_url, drop = fresh_schema(args.database_url, prefix="bench")
     ok = True
     try:
         with tempfile.TemporaryDirectory(prefix="approval-race-") as workdir:

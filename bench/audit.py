@@ -33,20 +33,17 @@ import tempfile
 import threading
 import time
 import tracemalloc
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from sqlalchemy import text
 
-from sqlalchemy import create_engine, text  # noqa: E402
-
-from bot import audit_tools  # noqa: E402
-from bot.core import audit_chain  # noqa: E402
-from storage import repositories as repo  # noqa: E402
-from storage.db import make_engine, migrate, normalise_url, session_scope  # noqa: E402
+from bot import audit_tools
+from bot.core import audit_chain
+from snapbot_local.harness import fresh_schema, snapbot_env
+from storage import repositories as repo
+from storage.db import make_engine, migrate, session_scope
 
 KEY = "bench-audit-key-0123456789"
 ACTORS = [f"U{n:03d}" for n in range(50)]
@@ -99,18 +96,7 @@ def sqlite_database(tmp: Path) -> Database:
 
 
 def postgres_database(base_url: str) -> Database:
-    schema = f"bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(normalise_url(base_url), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in base_url else "?"
-    url = f"{normalise_url(base_url)}{sep}options=-csearch_path%3D{schema}"
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
-
+    url, drop = fresh_schema(base_url, prefix="bench")
     return Database("PostgreSQL", url, drop)
 
 
@@ -248,7 +234,7 @@ def _cpu_seconds() -> float:
 def cli(db: Database, *args: str, stdout=subprocess.DEVNULL) -> tuple[int, float, int, str]:
     """Run ``snapbot <args>`` the way an operator would; (rc, seconds inside main, peak
     RSS in MB, stderr)."""
-    env = {**os.environ, "DATABASE_URL": db.url, "AUDIT_KEY": KEY, "PYTHONPATH": str(ROOT)}
+    env = snapbot_env({"DATABASE_URL": db.url, "AUDIT_KEY": KEY})
     with tempfile.TemporaryDirectory() as cwd:  # no stray .env
         proc = subprocess.run(
             [sys.executable, "-c", EXPORT_WRAPPER, *args],

@@ -1,7 +1,7 @@
 """How fast does the provider simulator answer `GET snapshots/`?
 
-Starts `python -m snapbot_local.provider` as a subprocess (so client and server do not
-share a GIL), then N client threads, each with its own pooled httpx.Client, list
+Starts `snapbot vps-sim` as a subprocess (snapbot_local.harness, so client and server do
+not share a GIL), then N client threads, each with its own pooled httpx.Client, list
 snapshots for a fixed time. Prints requests per second and p50/p99 latency.
 
     python bench/simulator.py [--seconds 5] [--clients 8] [--in-process]
@@ -10,38 +10,18 @@ snapshots for a fixed time. Prints requests per second and p50/p99 latency.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
-import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from snapbot_local.provider import start_simulator  # noqa: E402
+from snapbot_local.harness import cpu_seconds, start_simulator_process
+from snapbot_local.provider import start_simulator
 
 TOKEN = "bench-token"
-
-
-def start_subprocess() -> tuple[str, subprocess.Popen[str]]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "snapbot_local.provider", "--port", "0", "--token", TOKEN],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline().strip()
-    if not line.startswith("vps-sim serving "):
-        process.kill()
-        raise SystemExit(f"simulator did not start: {line!r}")
-    return line.removeprefix("vps-sim serving "), process
 
 
 def client_loop(url: str, until: float, latencies: list[float], errors: list[int]) -> None:
@@ -65,18 +45,19 @@ def main() -> int:
     args = parser.parse_args()
 
     server_cpu: list[float] = []
+    tmp = tempfile.TemporaryDirectory(prefix="snapbot-sim-bench-")
     if args.in_process:
         handle = start_simulator(token=TOKEN)
         url, stop = handle.url, handle.stop
     else:
-        url, process = start_subprocess()
+        proc = start_simulator_process(Path(tmp.name), token=TOKEN)
+        url = proc.url
+        # The simulator's CPU time while it served (start-up aside): its capacity on one core.
+        cpu_before = cpu_seconds(proc.popen.pid)
 
         def stop() -> None:
-            process.terminate()
-            # wait4 reports the simulator's CPU time: its capacity on one core.
-            _, status, usage = os.wait4(process.pid, 0)
-            process.returncode = os.waitstatus_to_exitcode(status)
-            server_cpu.append(usage.ru_utime + usage.ru_stime)
+            server_cpu.append(cpu_seconds(proc.popen.pid) - cpu_before)
+            proc.terminate()
 
     try:
         per_client: list[list[float]] = [[] for _ in range(args.clients)]
@@ -94,6 +75,7 @@ def main() -> int:
         elapsed = time.perf_counter() - started
     finally:
         stop()
+        tmp.cleanup()
 
     latencies = sorted(x for lat in per_client for x in lat)
     if not latencies:

@@ -1,13 +1,13 @@
 """Do slow and idle clients slow the acks down? (SPEC 14.1)
 
-Starts the real `web` process exactly as the Procfile does (tests/procs.start_web), the
-provider simulator and the Slack sink of bench/ack_latency.py, then sends N signed
-`/snapshot list` commands from C concurrent clients twice: once alone, once while an
-attacker process holds A hostile connections open: half send a header line every
-second and never finish their headers (slowloris), half connect and send nothing;
-each reconnects as soon as the server drops it, so A stay open all along. Printed per
-phase: ack p50 / p99 / max, errors, and (under attack) how many hostile connections
-were open and how many the server had dropped.
+Starts the real `web` process exactly as the Procfile does, the provider simulator and
+the Slack sink (all through snapbot_local.harness), then, with bench/ack_latency.py's
+load generator, sends N signed `/snapshot list` commands from C concurrent clients
+twice: once alone, once while an attacker process holds A hostile connections open:
+half send a header line every second and never finish their headers (slowloris), half
+connect and send nothing; each reconnects as soon as the server drops it, so A stay
+open all along. Printed per phase: ack p50 / p99 / max, errors, and (under attack) how
+many hostile connections were open and how many the server had dropped.
 
 The clients, the attackers and the web process share the machine's cores: on a shared
 machine other processes' CPU shows up in these figures too (the load average is
@@ -25,27 +25,20 @@ import asyncio
 import multiprocessing
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+# bench/ is this script's folder, first on sys.path: the ack benchmark's load generator.
+from ack_latency import VPS_TOKEN, bench_settings, run_phase, set_latency, wait_drained
 
-from ack_latency import (  # noqa: E402
-    SECRET,
-    SINK,
-    VPS_TOKEN,
+from snapbot_local.harness import (
     percentile,
-    run_phase,
-    set_latency,
-    wait_drained,
+    start_simulator_process,
+    start_slack_sink,
+    start_web,
 )
-
-from storage.db import make_engine  # noqa: E402
-from tests.procs import free_port, start_simulator_process, start_web, wait_http  # noqa: E402
+from storage.db import make_engine
 
 
 def attack(port: int, count: int, open_now, dropped, stop) -> None:
@@ -108,28 +101,14 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="snapbot-slow-bench-"))
     database_url = f"sqlite:///{tmp / 'bench.db'}"
-    answers_log = tmp / "answers.log"
-    answers_log.touch()
-    sink_port = free_port()
-    sink_url = f"http://127.0.0.1:{sink_port}"
-    sink = subprocess.Popen(
-        [sys.executable, "-c", SINK, str(sink_port), str(answers_log)], start_new_session=True
-    )
+    sink = start_slack_sink(tmp)
+    sink_url = sink.url
     sim = start_simulator_process(tmp, token=VPS_TOKEN)
     web = attacker = None
     stop = multiprocessing.Event()
     try:
-        wait_http(sink_url + "/api/auth.test", proc=sink)
         web = start_web(
-            {
-                "SLACK_BOT_TOKEN": "xoxb-bench",
-                "SLACK_SIGNING_SECRET": SECRET,
-                "SLACK_API_URL": sink_url + "/api/",
-                "VPS_API_URL": sim.url,
-                "VPS_API_TOKEN": VPS_TOKEN,
-                "DATABASE_URL": database_url,
-                "LOG_LEVEL": "WARNING",
-            },
+            bench_settings(sink_url, sim.url, database_url),
             tmp,
             workers=args.workers,
             name="bench-web",
@@ -151,7 +130,7 @@ def main() -> int:
         wait_drained(engine)
 
         open_now, dropped = multiprocessing.Value("i", 0), multiprocessing.Value("i", 0)
-        port = int(web.url.rsplit(":", 1)[1])
+        port = web.port
         attacker = multiprocessing.get_context("fork").Process(
             target=attack, args=(port, args.attackers, open_now, dropped, stop), daemon=True
         )
@@ -182,7 +161,6 @@ def main() -> int:
             web.terminate()
         sim.terminate()
         sink.terminate()
-        sink.wait(10)
     return 0
 
 

@@ -1,9 +1,9 @@
 """Soak: mixed traffic at a steady rate against the real `web` process, with the
 provider failing 5 % of its requests, for minutes; then the books are balanced.
 
-Starts the Procfile's `web` (gunicorn, through tests/procs.start_web), the provider
-simulator in a subprocess (`snapbot vps-sim`, with `fail_rate` set over /_sim/faults),
-and the loopback fake Slack in this process (it records every message, thread reply
+Starts the Procfile's `web` (gunicorn) and the provider simulator in a subprocess
+(`snapbot vps-sim`, with `fail_rate` set over /_sim/faults), both through
+snapbot_local.harness, and the loopback fake Slack in this process (it records every message, thread reply
 and ephemeral, so this script can press the buttons people would press). Traffic is
 open-loop at --rate requests per second, each one signed exactly as Slack signs it:
 lists, pending/audit/help, creates, deletes (asked, then confirmed on the prompt),
@@ -33,7 +33,6 @@ import os
 import random
 import re
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -41,16 +40,20 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+from sqlalchemy import text
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from sqlalchemy import text  # noqa: E402
-
-from snapbot_local.slack import FakeSlack  # noqa: E402
-from snapbot_local.slack.signing import button_press_body, sign, slash_command_body  # noqa: E402
-from storage.db import make_engine  # noqa: E402
-from tests.procs import start_simulator_process, start_web  # noqa: E402
+from snapbot_local.harness import (
+    percentile,
+    rss_kb,
+    set_faults,
+    sim_stats,
+    start_simulator_process,
+    start_web,
+    web_settings,
+)
+from snapbot_local.slack import FakeSlack
+from snapbot_local.slack.signing import button_press_body, sign, slash_command_body
+from storage.db import make_engine
 
 SECRET = "soak-signing-secret-5f1c0e"
 BOT_TOKEN = "xoxb-soak-bot-token-9d2a"
@@ -62,27 +65,6 @@ SENDERS = 16
 WARMUP_REQUESTS = 100
 DRAIN_S = 90.0
 RESTORE_PATH = re.compile(r"^snapshots/(\d+)/restore/$")
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, int(p / 100 * len(ordered) + 0.5) - 1))]
-
-
-def rss_kb(pid: int) -> int:
-    """Resident memory of a process and its descendants (gunicorn master + workers)."""
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-        except (OSError, ValueError):
-            continue
-    return total
 
 
 class Soak:
@@ -292,15 +274,6 @@ class Soak:
         return {"sent": sent, "seconds": time.monotonic() - started, "rss_start": rss_start}
 
 
-def set_faults(sim_url: str, **faults) -> None:
-    admin = sim_url.replace("/api/v1/", "/_sim/faults")
-    httpx.post(admin, json=faults, timeout=5).raise_for_status()
-
-
-def sim_stats(sim_url: str) -> dict:
-    return httpx.get(sim_url.replace("/api/v1/", "/_sim/stats"), timeout=10).json()
-
-
 def rows(engine, sql: str) -> list:
     with engine.connect() as conn:
         return conn.execute(text(sql)).all()
@@ -407,17 +380,16 @@ def main() -> int:
     web = None
     try:
         web = start_web(
-            {
-                "SLACK_BOT_TOKEN": BOT_TOKEN,
-                "SLACK_SIGNING_SECRET": SECRET,
-                "SLACK_API_URL": fake.api_url,
-                "VPS_API_URL": sim.url,
-                "VPS_API_TOKEN": VPS_TOKEN,
-                "DATABASE_URL": database_url,
-                "INCIDENT_CHANNEL": "CINCIDENT",
-                "SNAPSHOT_POLL_SECONDS": "1",
-                "LOG_LEVEL": "WARNING",
-            },
+            web_settings(
+                slack_api_url=fake.api_url,
+                vps_api_url=sim.url,
+                database_url=database_url,
+                signing_secret=SECRET,
+                bot_token=BOT_TOKEN,
+                vps_token=VPS_TOKEN,
+                INCIDENT_CHANNEL="CINCIDENT",
+                SNAPSHOT_POLL_SECONDS="1",
+            ),
             tmp,
             workers=args.workers,
             name="soak-web",

@@ -21,11 +21,17 @@ The real `Duties` loop runs (start()); each cycle is timed from inside. Printed:
   threaded reply arriving at the fake Slack, p50 / p99 / max; target p99 <= poll + 1 s;
 * last, a burst: N snapshots all finishing within one second (reporting throughput).
 
+With --safety K, K restore requests also wait on their safety snapshots (SPEC 9.4: one
+server each, the request approved and its safety snapshot in progress) beside the N
+watched creates: the same single list call per cycle must serve both, and each of the
+K restores is called exactly once when its safety snapshot completes.
+
 With --slack-latency S the fake Slack answers each call after S seconds, as Slack
 does across the internet (set after the parent messages are posted).
 
     python bench/watcher.py [--poll 1.0] [--sizes 10,100,1000] [--rate 20] [--burst 1000]
                             [--slack-latency 0.1] [--database-url postgresql://...]
+                            [--safety 100]
 """
 
 from __future__ import annotations
@@ -35,7 +41,6 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -43,37 +48,42 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 from sqlalchemy import func, select
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bot.config import Settings  # noqa: E402
-from bot.runtime import build_runtime  # noqa: E402
-from bot.services.watches import report_snapshot  # noqa: E402
-from bot.vps.client import VpsClient  # noqa: E402
-from bot.vps.errors import VpsError  # noqa: E402
-from bot.watcher import REPORT_SENDERS, STUCK_AFTER, Duties  # noqa: E402
-from storage import repositories as repo  # noqa: E402
-from storage.db import session_scope  # noqa: E402
-from storage.tables import Watch  # noqa: E402
+from bot.config import Settings
+from bot.runtime import build_runtime
+from bot.services.messaging import request_key
+from bot.services.watches import report_snapshot
+from bot.vps.client import VpsClient
+from bot.vps.errors import VpsError
+from bot.watcher import REPORT_SENDERS, STUCK_AFTER, Duties
+from snapbot_local.harness import Child, start_child
+from storage import repositories as repo
+from storage.db import session_scope
+from storage.tables import RestoreRequest, Watch
 
 TOKEN = "bench-token"
 SERVERS = 50
 FIRST_SERVER = 20000
 FIRST_SNAPSHOT = 100000
 FAR = 10**6  # seconds: seeded snapshots complete this far ahead until the clock is moved
+SAFETY_SERVER = 30000  # --safety: request j restores server SAFETY_SERVER + j ...
+SAFETY_TARGET = 500000  # ... from snapshot SAFETY_TARGET + j, once SAFETY_SNAPSHOT + j completes
+SAFETY_SNAPSHOT = 600000
 
 
 # ---- the simulator, in a child process, seeded directly -------------------------------------
 
 
-def serve_seeded_simulator(n: int, window: float) -> int:
+def serve_seeded_simulator(n: int, window: float, safety: int = 0) -> int:
     """Child mode: serve the real simulator with n in-progress snapshots over SERVERS
-    servers; snapshot i completes at base + FAR + window * rank(i) / n. Prints `URL BASE`."""
+    servers; snapshot i completes at base + FAR + window * rank(i) / n. With ``safety``,
+    as many servers more, each with a completed target and an in-progress safety
+    snapshot completing in the same window. Prints `URL BASE`."""
     from snapbot_local.provider import start_simulator
 
     handle = start_simulator(token=TOKEN, create_seconds=FAR)
@@ -91,6 +101,20 @@ def serve_seeded_simulator(n: int, window: float) -> int:
             size_mb=None,
             created_at=base,
             completes_at=base + FAR + window * ranks[i] / n,
+        )
+    for j in range(safety):
+        state.seed_server(SAFETY_SERVER + j, f"restored-{j:03d}")
+        state.seed_snapshot(
+            SAFETY_SERVER + j, f"target-{j:03d}", snapshot_id=SAFETY_TARGET + j, created_at=base
+        )
+        state.seed_snapshot(
+            SAFETY_SERVER + j,
+            f"pre-restore-r{j + 1}",
+            snapshot_id=SAFETY_SNAPSHOT + j,
+            status="in_progress",
+            size_mb=None,
+            created_at=base,
+            completes_at=base + FAR + window * (j + 0.5) / safety,
         )
     print(f"{handle.url} {base!r}", flush=True)
     try:
@@ -112,20 +136,15 @@ def completion_ranks(n: int) -> list[int]:
 class Simulator:
     url: str
     base: float
-    process: subprocess.Popen
+    child: Child
 
     @classmethod
-    def start(cls, n: int, window: float) -> Simulator:
-        process = subprocess.Popen(
-            [sys.executable, __file__, "--serve-sim", str(n), "--window", str(window)],
-            cwd=ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+    def start(cls, n: int, window: float, safety: int = 0) -> Simulator:
+        child = start_child(
+            [__file__, "--serve-sim", str(n), "--window", str(window), "--safety", str(safety)]
         )
-        url, base = process.stdout.readline().split()
-        return cls(url, float(base), process)
+        url, base = child.read_line().split()
+        return cls(url, float(base), child)
 
     def admin(self, method: str, action: str, body: dict | None = None) -> dict:
         admin = self.url.replace("/api/v1/", "/_sim/")
@@ -139,9 +158,7 @@ class Simulator:
         return t0
 
     def stop(self) -> None:
-        if self.process.stdin:
-            self.process.stdin.close()
-        self.process.wait(10)
+        self.child.stop()
 
 
 # ---- the fake Slack, in a child process -----------------------------------------------------
@@ -171,33 +188,21 @@ def serve_fake_slack() -> int:
 @dataclass
 class SlackChild:
     api_url: str
-    process: subprocess.Popen
+    child: Child
 
     @classmethod
     def start(cls) -> SlackChild:
-        process = subprocess.Popen(
-            [sys.executable, __file__, "--serve-slack"],
-            cwd=ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-        return cls(process.stdout.readline().strip(), process)
+        child = start_child([__file__, "--serve-slack"])
+        return cls(child.read_line().strip(), child)
 
     def set_latency(self, seconds: float) -> None:
-        self.process.stdin.write(f"latency {seconds}\n")
-        self.process.stdin.flush()
-        assert self.process.stdout.readline().strip() == "ok"
+        assert self.child.ask(f"latency {seconds}").strip() == "ok"
 
     def calls(self) -> list[list]:
-        self.process.stdin.write("calls\n")
-        self.process.stdin.flush()
-        return json.loads(self.process.stdout.readline())
+        return json.loads(self.child.ask("calls"))
 
     def stop(self) -> None:
-        self.process.stdin.close()
-        self.process.wait(10)
+        self.child.stop()
 
 
 # ---- the naive baseline -------------------------------------------------------------------
@@ -260,6 +265,7 @@ class Result:
     report_cpu: float = 0.0
     lost: int = 0
     duplicates: int = 0
+    restored: int = 0  # --safety: requests whose restore was called after their safety snapshot
 
 
 def run(
@@ -271,8 +277,9 @@ def run(
     idle_cycles: int,
     db_url: str | None,
     slack_latency: float = 0.0,
+    safety: int = 0,
 ):
-    sim = Simulator.start(n, window)
+    sim = Simulator.start(n, window, safety)
     fake = SlackChild.start()
     tmp = tempfile.TemporaryDirectory(prefix="bench-watcher-")
     calls: Counter = Counter()
@@ -297,6 +304,7 @@ def run(
     result = Result(mode, n)
     try:
         parents = seed_watches(services, n)
+        seed_safety(services, safety)
         fake.set_latency(slack_latency)  # from here on, Slack answers as slowly as asked
         duties_cls = NaiveDuties if mode == "naive" else Duties
         duties = duties_cls(services, interval=poll)
@@ -341,8 +349,9 @@ def run(
         result.claim_cpu = sum(s.thread_cpu for s in samples[measured:]) / n
         result.report_cpu = sum(s.process_cpu for s in samples[measured:]) / n
         arrived: dict[str, float] = {}
+        watched = set(parents)  # (the safety requests' threads get replies of their own)
         for method, ok, ts, at in fake.calls():
-            if method == "chat.postMessage" and ok and ts:
+            if method == "chat.postMessage" and ok and ts in watched:
                 if ts in arrived:
                     result.duplicates += 1
                 arrived.setdefault(ts, at)
@@ -352,6 +361,10 @@ def run(
             else:
                 result.lost += 1
         result.sim_calls = Counter(sim.admin("GET", "stats")["calls"])
+        if safety:
+            wait(lambda: restores_done(services) == safety, timeout=120 + safety * 0.5)
+            result.sim_calls = Counter(sim.admin("GET", "stats")["calls"])
+            result.restored = restores_done(services)
     finally:
         runtime.stop()
         fake.stop()
@@ -389,9 +402,66 @@ def seed_watches(services, n: int) -> list[str]:
     return [services.outbox.ts_of(f"bench:{i}") for i in range(n)]
 
 
+def seed_safety(services, k: int) -> None:
+    """K approved restore requests whose safety snapshots are in progress (SPEC 9.4):
+    each with its request message posted and its safety watch stored, as the execution
+    leaves them."""
+    now = services.clock()
+    with session_scope(services.engine) as s:
+        mids = []
+        for j in range(k):
+            req = repo.open_restore_request(
+                s,
+                RestoreRequest(
+                    snapshot_id=SAFETY_TARGET + j,
+                    snapshot_name=f"target-{j:03d}",
+                    server_id=SAFETY_SERVER + j,
+                    server_name=f"restored-{j:03d}",
+                    requester="UREQ",
+                    channel="C1",
+                    state="safeguarding",
+                    created_at=now,
+                    expires_at=now + timedelta(hours=1),
+                    decided_by="UAPPROVER",
+                    decided_at=now,
+                    safety_plan="on",
+                    safety_step="watch",
+                    safety_step_at=now,
+                    safety_snapshot_id=SAFETY_SNAPSHOT + j,
+                ),
+            )
+            mids.append(
+                services.outbox.post(
+                    s, "C1", {"text": f"Restore request #{req.id}"}, key=request_key(req.id)
+                )
+            )
+            repo.add_watch(
+                s,
+                Watch(
+                    kind="safety",
+                    snapshot_id=SAFETY_SNAPSHOT + j,
+                    snapshot_name=f"pre-restore-r{req.id}",
+                    server_id=SAFETY_SERVER + j,
+                    server_name=f"restored-{j:03d}",
+                    request_id=req.id,
+                    channel="C1",
+                    parent_ts=request_key(req.id),
+                    requester="UREQ",
+                    started_at=now,
+                ),
+            )
+    services.outbox.flush(mids)
+
+
+def restores_done(services) -> int:
+    """Requests whose restore was called (and answered): they left safeguarding."""
+    with session_scope(services.engine, readonly=True) as s:
+        return len(repo.requests_in_state(s, states=["succeeded"]))
+
+
 def all_done(services) -> bool:
     with session_scope(services.engine, readonly=True) as s:
-        return not repo.active_watches(s, kind="snapshot")
+        return not repo.active_watches(s, kinds=("snapshot", "safety"))
 
 
 def pending(services) -> int:
@@ -422,6 +492,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--serve-sim", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--window", type=float, default=1.0, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--safety",
+        type=int,
+        default=0,
+        help="restore requests waiting on safety snapshots beside the creates (SPEC 9; 0)",
+    )
     parser.add_argument("--serve-slack", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--poll", type=float, default=1.0, help="SNAPSHOT_POLL_SECONDS (1)")
     parser.add_argument("--sizes", default="10,100,1000")
@@ -445,7 +521,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     if args.serve_sim is not None:
-        return serve_seeded_simulator(args.serve_sim, args.window)
+        return serve_seeded_simulator(args.serve_sim, args.window, args.safety)
     if args.serve_slack:
         return serve_fake_slack()
 
@@ -475,15 +551,31 @@ def main() -> int:
                 idle_cycles=args.idle_cycles,
                 db_url=args.database_url,
                 slack_latency=args.slack_latency,
+                safety=args.safety if mode == "watcher" else 0,
             )
             print(row(r), flush=True)
             if mode == "watcher":
                 ok = ok and max(s.calls for s in r.idle) == 1
                 ok = ok and pct(r.latencies, 99) <= args.poll + 1.0
                 ok = ok and r.lost == 0 and r.duplicates == 0
+            if mode == "watcher" and args.safety:
+                restores = r.sim_calls.get("POST snapshots/{id}/restore/", 0)
+                print(
+                    f"        + {args.safety} restores waiting on safety snapshots: "
+                    f"{max(s.calls for s in r.idle)} provider call(s) per cycle while waiting "
+                    f"(with {n} creates); {r.restored} restored, {restores} restore calls",
+                    flush=True,
+                )
+                ok = ok and r.restored == args.safety and restores == args.safety
+    safety_target = (
+        f", each of the {args.safety} safety-snapshot restores called exactly once"
+        if args.safety
+        else ""
+    )
     print(
         "targets (watcher): 1 provider call per cycle whatever N, reply p99 <= poll + 1 s "
-        f"= {args.poll + 1:g} s, none lost or doubled: {'met' if ok else 'NOT met'}"
+        f"= {args.poll + 1:g} s, none lost or doubled{safety_target}: "
+        f"{'met' if ok else 'NOT met'}"
     )
     if args.burst:
         r = run(

@@ -1,10 +1,15 @@
 """Background duties (SPEC §3, §5, §6), done by one process at a time.
 
-Every process that runs jobs runs a ``Duties`` thread. Each cycle it tries to take or renew the
+A ``Duties`` thread runs where jobs run: in the job worker (`snapbot worker`, the one
+gunicorn's master starts beside each `web` process's HTTP workers, or one run by hand)
+and in a one-process snapbot (`snapbot serve` in Socket Mode, the demo, the shell);
+gunicorn's HTTP workers run none (bot/web.py builds their runtime with
+``start_duties=False``). Each cycle it tries to take or renew the
 ``duties`` lease; only the holder polls the provider, sweeps expired requests,
 reconciles interrupted restores, resumes orphaned jobs and posts checkpoints, all
 from database state, so a new holder carries on where a dead one stopped. Every
-process pumps the outbox (each message is claimed, so none is sent twice).
+``Duties`` thread, holder or not, pumps the outbox (each message is claimed, so none
+is sent twice).
 
 While any snapshot is watched the holder makes exactly one unfiltered
 ``GET snapshots/`` per cycle, whatever the number of watches; none when nothing is.
@@ -203,7 +208,9 @@ class Duties:
             for w in watched:
                 snap = snapshots.get(w.snapshot_id)
                 if w.kind == "safety":
-                    self._safety_seen(w, snap, now)
+                    # Its end may call the provider (the restore): beside the reports,
+                    # not in front of them.
+                    sending.append(pool.submit(self._safety_seen, w, snap, now))
                 elif snap is None:
                     watches.report_snapshot(self.deps, w, "gone", None, now, send=send)
                 elif snap.is_terminal:

@@ -4,15 +4,16 @@ per test where TEST_DATABASE_URL is set), polling helpers."""
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 
-from storage.db import make_engine, migrate, normalise_url
-from tests.procs import wait_until  # noqa: F401 - the tests import it from here
+from snapbot_local.harness import (
+    fresh_schema,
+    wait_until,  # noqa: F401 - the tests import it from here
+)
+from storage.db import make_engine, migrate
 
 pytest_plugins = ["tests.secret_scan"]  # no stack secret in logs, database or Slack
 
@@ -38,15 +39,9 @@ def pg_url() -> Iterator[str]:
         pytest.skip(
             "TEST_DATABASE_URL is not set: PostgreSQL tests need a database (.ci/run sets it)"
         )
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(normalise_url(PG_URL), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in PG_URL else "?"
-    yield f"{normalise_url(PG_URL)}{sep}options=-csearch_path%3D{schema}"
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
+    url, drop = fresh_schema(PG_URL)
+    yield url
+    drop()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -9,7 +9,7 @@ secret values (bot token, signing secret, VPS token, audit key) may appear in
   errors (exception texts end up there),
 * what the fake Slack recorded (every Web API call and response_url post),
 * the log files of real processes the test started under its ``tmp_path``
-  (tests/procs.py writes ``*.log`` there).
+  (snapbot_local/harness.py writes ``*.log`` there).
 
 Cheap by construction: each stack is scanned incrementally (rows and calls already
 seen are not read again), once at each test's end and once when it stops, so a

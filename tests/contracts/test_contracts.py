@@ -43,6 +43,7 @@ from bot.runtime import Runtime, build_runtime
 from bot.services import dispatch
 from bot.vps.models import Server, Snapshot
 from bot.web import WebApp
+from snapbot_local.harness import HANG_GUARD_S
 from snapbot_local.slack.signing import (
     block_actions_body,
     slash_command_body,
@@ -52,7 +53,6 @@ from snapbot_local.stack import LocalStack, serve_wsgi
 from storage.tables import AuditEvent, RestoreRequest
 from tests.conftest import wait_until
 from tests.e2e_helpers import wait_for_ephemeral
-from tests.procs import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = yaml.safe_load((ROOT / "manifest.yml").read_text(encoding="utf-8"))

@@ -1,6 +1,6 @@
 """Restore approval across real processes on one PostgreSQL database (SPEC §3, §5.4).
 
-Two gunicorn `web` processes (tests/procs.py, the Procfile's command) share a fresh
+Two gunicorn `web` processes (snapbot_local/harness.py, the Procfile's command) share a fresh
 PostgreSQL schema; the provider simulator and the fake Slack API are served from this
 test process, so the simulator's per-snapshot write log and Slack's state are read
 directly. Approvals are pressed from several people at the same moment, half of them
@@ -10,22 +10,21 @@ sent to each process; processes are killed with SIGKILL mid-flight.
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import update
 
 from bot.blocks import ids
+from snapbot_local.harness import HANG_GUARD_S, Proc, start_webs, web_settings
 from snapbot_local.provider import start_simulator
 from snapbot_local.slack import FakeSlack
 from snapbot_local.slack.signing import SlackClientSim, button_press_body, slash_command_body
-from snapbot_local.stack import BOT_TOKEN, INCIDENT_CHANNEL, SIGNING_SECRET, VPS_TOKEN
+from snapbot_local.stack import INCIDENT_CHANNEL, SIGNING_SECRET, VPS_TOKEN
 from storage import repositories as repo
 from storage.db import make_engine, session_scope
 from storage.tables import Lease, RestoreRequest
 from tests.conftest import wait_until
-from tests.procs import HANG_GUARD_S, Proc, start_web
 
 pytestmark = pytest.mark.postgres
 
@@ -69,21 +68,14 @@ class Deployment:
         self._clients: dict[str, SlackClientSim] = {}
 
     def start(self, *names: str) -> list[Proc]:
-        settings = {
-            "SLACK_BOT_TOKEN": BOT_TOKEN,
-            "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-            "SLACK_API_URL": self.fake.api_url,
-            "VPS_API_URL": self.sim.url,
-            "VPS_API_TOKEN": VPS_TOKEN,
-            "DATABASE_URL": self.db_url,
-            "INCIDENT_CHANNEL": INCIDENT_CHANNEL,
-            "SNAPSHOT_POLL_SECONDS": str(POLL),
-            "LOG_LEVEL": "WARNING",
-        }
-        with ThreadPoolExecutor(len(names)) as pool:
-            started = list(
-                pool.map(lambda n: start_web(settings, self.tmp_path, workers=1, name=n), names)
-            )
+        settings = web_settings(
+            slack_api_url=self.fake.api_url,
+            vps_api_url=self.sim.url,
+            database_url=self.db_url,
+            INCIDENT_CHANNEL=INCIDENT_CHANNEL,
+            SNAPSHOT_POLL_SECONDS=str(POLL),
+        )
+        started = start_webs(settings, self.tmp_path, names)
         self.procs += started
         return started
 

@@ -19,15 +19,15 @@ import pytest
 from alembic import command
 
 from bot.blocks import ids
+from snapbot_local.harness import Proc, start_web, web_settings
 from snapbot_local.provider import start_simulator
 from snapbot_local.slack import FakeSlack
 from snapbot_local.slack.signing import SlackClientSim, button_press_body, slash_command_body
-from snapbot_local.stack import BOT_TOKEN, INCIDENT_CHANNEL, SIGNING_SECRET, VPS_TOKEN, LocalStack
+from snapbot_local.stack import INCIDENT_CHANNEL, SIGNING_SECRET, VPS_TOKEN, LocalStack
 from storage import repositories as repo
 from storage.db import alembic_config, make_engine, migrate, session_scope
 from storage.tables import AuditEvent, RestoreRequest
 from tests.conftest import wait_until
-from tests.procs import Proc, start_web
 
 SNAPSHOT = 801  # seeded: pre-migration-snapshot of web-server-01
 ACTIVE = ("pending", "approved", "executing")
@@ -301,18 +301,14 @@ class TwoReplicas:
         self.fake = FakeSlack().start()
         self.sim = start_simulator(token=VPS_TOKEN, create_seconds=0.0, restore_seconds=0.05)
         self.engine = make_engine(db_url)
-        settings = {
-            "SLACK_BOT_TOKEN": BOT_TOKEN,
-            "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-            "SLACK_API_URL": self.fake.api_url,
-            "VPS_API_URL": self.sim.url,
-            "VPS_API_TOKEN": VPS_TOKEN,
-            "DATABASE_URL": db_url,
-            "INCIDENT_CHANNEL": INCIDENT_CHANNEL,
-            "SNAPSHOT_APPROVERS": APPROVERS,
-            "SNAPSHOT_POLL_SECONDS": "0.2",
-            "LOG_LEVEL": "WARNING",
-        }
+        settings = web_settings(
+            slack_api_url=self.fake.api_url,
+            vps_api_url=self.sim.url,
+            database_url=db_url,
+            INCIDENT_CHANNEL=INCIDENT_CHANNEL,
+            SNAPSHOT_APPROVERS=APPROVERS,
+            SNAPSHOT_POLL_SECONDS="0.2",
+        )
         self.procs: list[Proc] = []
         self.clients: list[SlackClientSim] = []
         for name in ("a", "b"):

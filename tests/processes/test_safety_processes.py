@@ -17,21 +17,20 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from snapbot_local.harness import HANG_GUARD_S, Proc, start_webs, web_settings
 from snapbot_local.provider import start_simulator
 from snapbot_local.slack import FakeSlack
-from snapbot_local.stack import BOT_TOKEN, INCIDENT_CHANNEL, SIGNING_SECRET, VPS_TOKEN
+from snapbot_local.stack import INCIDENT_CHANNEL, VPS_TOKEN
 from storage.db import session_scope
 from storage.tables import Lease
 from tests.conftest import wait_until
 from tests.processes.test_approval_processes import Deployment, press_together
-from tests.procs import HANG_GUARD_S, Proc, start_web
 
 POLL = 0.2
 HOUR = 3600.0
@@ -64,35 +63,34 @@ class SafetyDeployment(Deployment):
     """snapbot web processes with RESTORE_SAFETY_SNAPSHOT=on and one-click Approve."""
 
     def start(self, *names: str) -> list[Proc]:
-        settings = {
-            "SLACK_BOT_TOKEN": BOT_TOKEN,
-            "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-            "SLACK_API_URL": self.fake.api_url,
-            "VPS_API_URL": self.sim.url,
-            "VPS_API_TOKEN": VPS_TOKEN,
-            "DATABASE_URL": self.db_url,
-            "INCIDENT_CHANNEL": INCIDENT_CHANNEL,
-            "SNAPSHOT_POLL_SECONDS": str(POLL),
-            "RESTORE_SAFETY_SNAPSHOT": "on",
-            "RESTORE_CONFIRM": "button",
-            "LOG_LEVEL": "WARNING",
-        }
-        with ThreadPoolExecutor(len(names)) as pool:
-            started = list(
-                pool.map(lambda n: start_web(settings, self.tmp_path, workers=1, name=n), names)
-            )
+        settings = web_settings(
+            slack_api_url=self.fake.api_url,
+            vps_api_url=self.sim.url,
+            database_url=self.db_url,
+            INCIDENT_CHANNEL=INCIDENT_CHANNEL,
+            SNAPSHOT_POLL_SECONDS=str(POLL),
+            RESTORE_SAFETY_SNAPSHOT="on",
+            RESTORE_CONFIRM="button",
+        )
+        started = start_webs(settings, self.tmp_path, names)
         self.procs += started
         return started
 
     # --- who is who
 
     def proc_of(self, owner: str) -> Proc:
-        """The process (gunicorn master or its worker) an owner id names."""
-        pid = int(owner.split(":")[1])
-        for proc in self.procs:
-            if pid == proc.popen.pid or _parent_pid(pid) == proc.popen.pid:
-                return proc
+        """The web process (gunicorn master) whose child, or grandchild, an owner id names:
+        the job worker beside its HTTP workers runs the jobs and the duties."""
+        pid: int | None = int(owner.split(":")[1])
+        masters = {proc.popen.pid: proc for proc in self.procs}
+        for _ in range(4):
+            if pid in masters:
+                return masters[pid]
+            pid = _parent_pid(pid) if pid else None
         raise AssertionError(f"no process of ours is {owner}")
+
+    def others(self, proc: Proc) -> list[Proc]:
+        return [p for p in self.procs if p is not proc and p.popen.poll() is None]
 
     def holder(self) -> Proc | None:
         with session_scope(self.engine, readonly=True) as s:
@@ -164,9 +162,9 @@ def topology(request) -> str:
 
 @pytest.fixture
 def deploy(request, tmp_path, sim, fake, topology):
-    """A deployment whose first process ``a`` holds the lease, and (PostgreSQL) a
-    replica ``b``; ``survivor()`` is who carries on after ``a`` is killed: ``b``, or a
-    new process on the same SQLite file."""
+    """A deployment whose first process ``a`` holds the duties lease, and (PostgreSQL) a
+    replica ``b``; ``d.survivor(victim)`` is who carries on after ``victim`` was killed:
+    the other replica, or a new process on the same SQLite file."""
     if topology == "sqlite":
         db_url = f"sqlite:///{tmp_path / 'snapbot.db'}"
     else:
@@ -176,10 +174,12 @@ def deploy(request, tmp_path, sim, fake, topology):
     if topology == "postgres":
         d.start("b")
 
-    def survivor() -> Proc:
+    def survivor(victim: Proc) -> Proc:
+        assert victim.popen.poll() is not None, "the victim is still running"
         if topology == "sqlite":
             return d.start("second")[0]
-        return d.procs[1]
+        (other,) = d.others(victim)
+        return other
 
     d.survivor = survivor
     yield d
@@ -199,13 +199,15 @@ def approve_at(d: SafetyDeployment, proc: Proc, message, user: str = "UBOB") -> 
     assert d.client(proc).post(d.approve_body(message, user)).status_code == 200
 
 
-def kill_while_held(d: SafetyDeployment, held, rid: int, a: Proc) -> None:
-    """The held call reached the provider: kill -9 the process that made it (``a``,
-    executor and lease holder), then let the provider carry the call out."""
+def kill_while_held(d: SafetyDeployment, held, rid: int) -> Proc:
+    """The held call reached the provider: kill -9 the process that made it (the one
+    executing the request, whichever replica's job worker took the approval), then let
+    the provider carry the call out. The process killed."""
     held.wait_arrived(1)
-    assert d.proc_of(d.request(rid).executor) is a
-    a.kill9()
+    victim = d.proc_of(d.request(rid).executor)
+    victim.kill9()
     held.release()
+    return victim
 
 
 @contextmanager
@@ -271,12 +273,12 @@ def test_killed_after_the_eviction_the_survivor_creates_and_restores_once(deploy
 
     with d.sim.state.hold("DELETE", "snapshots/{id}/") as held:
         approve_at(d, a, message)
-        kill_while_held(d, held, rid, a)
+        victim = kill_while_held(d, held, rid)
     wait_until(lambda: oldest not in d.server_snapshot_ids(), 5, what="the eviction applied")
     req = d.request(rid)
     assert (req.state, req.safety_step) == ("safeguarding", "evict")
 
-    d.survivor()
+    d.survivor(victim)
     d.hand_over(rid, safety_step_at=datetime.now(UTC) - LONG_AGO)
     req = wait_until(
         lambda: (r := d.request(rid)).safety_step == "watch" and r, 20, what="the create"
@@ -298,13 +300,13 @@ def test_killed_before_the_create_was_stored_the_survivor_finds_it_by_name(deplo
 
     with d.sim.state.hold("POST", "snapshots/") as held:
         approve_at(d, a, message)
-        kill_while_held(d, held, rid, a)
+        victim = kill_while_held(d, held, rid)
     name = f"pre-restore-r{rid}"
     made = wait_until(lambda: d.snapshot_named(name), 5, what="the create applied")
     req = d.request(rid)
     assert (req.state, req.safety_step, req.safety_snapshot_id) == ("safeguarding", "create", None)
 
-    d.survivor()
+    d.survivor(victim)
     d.hand_over(rid, safety_step_at=datetime.now(UTC) - LONG_AGO)
     req = wait_until(
         lambda: (r := d.request(rid)).safety_step == "watch" and r, 20, what="the adoption"
@@ -323,15 +325,15 @@ def test_killed_while_the_safety_snapshot_is_in_progress_the_survivor_watches_it
     wait_until(d.idle, 10, what="the request fully posted")
 
     approve_at(d, a, message)
-    req = wait_until(
+    wait_until(
         lambda: (r := d.request(rid)).safety_step == "watch" and r, 20, what="the watch step"
     )
     d.wait_reply(message, "Taking the safety snapshot")
-    assert d.proc_of(req.executor) is a and d.holder() is a
+    assert d.holder() is a  # the watcher: it polls the safety snapshot
     a.kill9()
     assert d.sim.state.calls[CREATE] == 1 and d.sim.state.calls[RESTORE] == 0
 
-    survivor = d.survivor()
+    survivor = d.survivor(a)
     d.hand_over(rid)
     wait_until(lambda: d.holder() is survivor, 20, what="the survivor holding the lease")
     # It watches: while the snapshot is in progress nothing is restored.
@@ -361,7 +363,7 @@ def test_killed_during_the_restore_call_it_is_reconciled_not_called_again(deploy
     )
     assert d.request(rid).state == "executing"
 
-    d.survivor()
+    d.survivor(a)
     d.hand_over(rid, executing_at=datetime.now(UTC) - LONG_AGO)
     d.wait_state(rid, "succeeded")
     assert "restoring" in d.wait_reply(message, "confirmed from the provider")
@@ -388,7 +390,7 @@ def test_killed_after_the_safety_snapshot_completed_before_the_restore_call(depl
     assert (req.state, req.safety_step) == ("safeguarding", "ready")
     assert d.sim.state.calls[RESTORE] == 0
 
-    d.survivor()
+    d.survivor(a)
     d.hand_over(rid, safety_step_at=datetime.now(UTC) - LONG_AGO)
     d.wait_state(rid, "succeeded")
     d.wait_reply(message, "Restore started")
@@ -417,7 +419,7 @@ def test_killed_while_failing_on_a_failed_safety_snapshot_the_survivor_fails_it(
         a.kill9()
     assert d.request(rid).state == "safeguarding"
 
-    d.survivor()
+    d.survivor(a)
     d.hand_over(rid, safety_step_at=datetime.now(UTC) - LONG_AGO)
     req = d.wait_state(rid, "failed")
     assert "ended as failed; nothing was restored" in req.outcome_detail

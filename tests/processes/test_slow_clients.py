@@ -15,16 +15,15 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from snapbot_local.harness import HANG_GUARD_S, start_web, wait_until, web_settings
 from snapbot_local.provider import start_simulator
 from snapbot_local.slack import FakeSlack
 from snapbot_local.slack.signing import sign, slash_command_body
-from tests.procs import start_web, wait_until
 
 pytestmark = pytest.mark.slow
 
 SECRET = "slow-clients-signing-secret"
 VPS_TOKEN = "slow-clients-vps-token"
-HANG_GUARD_S = 60.0
 
 
 @pytest.fixture(scope="module")
@@ -33,15 +32,14 @@ def web(tmp_path_factory) -> Iterator[tuple]:
     sim = start_simulator(token=VPS_TOKEN)
     fake = FakeSlack().start()
     proc = start_web(
-        {
-            "SLACK_BOT_TOKEN": "xoxb-slow-clients",
-            "SLACK_SIGNING_SECRET": SECRET,
-            "SLACK_API_URL": fake.api_url,
-            "VPS_API_URL": sim.url,
-            "VPS_API_TOKEN": VPS_TOKEN,
-            "DATABASE_URL": f"sqlite:///{tmp / 'slow.db'}",
-            "LOG_LEVEL": "WARNING",
-        },
+        web_settings(
+            slack_api_url=fake.api_url,
+            vps_api_url=sim.url,
+            database_url=f"sqlite:///{tmp / 'slow.db'}",
+            signing_secret=SECRET,
+            bot_token="xoxb-slow-clients",
+            vps_token=VPS_TOKEN,
+        ),
         tmp,
         workers=2,
     )
@@ -106,7 +104,7 @@ class Attacker(threading.Thread):
 @pytest.fixture
 def attack(web) -> Iterator[dict[str, list[Attacker]]]:
     proc, _ = web
-    port = int(proc.url.rsplit(":", 1)[1])
+    port = proc.port
     stop = threading.Event()
     # Far more hostile connections than the 2 workers x 4 threads that once served.
     crowd = {
@@ -191,20 +189,19 @@ def test_sigterm_with_hostile_connections_open_stops_the_web_process_cleanly(tmp
     sim = start_simulator(token=VPS_TOKEN)
     fake = FakeSlack().start()
     proc = start_web(
-        {
-            "SLACK_BOT_TOKEN": "xoxb-slow-clients",
-            "SLACK_SIGNING_SECRET": SECRET,
-            "SLACK_API_URL": fake.api_url,
-            "VPS_API_URL": sim.url,
-            "VPS_API_TOKEN": VPS_TOKEN,
-            "DATABASE_URL": f"sqlite:///{tmp_path / 'sigterm.db'}",
-            "LOG_LEVEL": "WARNING",
-        },
+        web_settings(
+            slack_api_url=fake.api_url,
+            vps_api_url=sim.url,
+            database_url=f"sqlite:///{tmp_path / 'sigterm.db'}",
+            signing_secret=SECRET,
+            bot_token="xoxb-slow-clients",
+            vps_token=VPS_TOKEN,
+        ),
         tmp_path,
         workers=2,
     )
     stop = threading.Event()
-    port = int(proc.url.rsplit(":", 1)[1])
+    port = proc.port
     crowd = [Attacker(kind, port, stop) for kind in ("slowloris", "idle", "short") * 4]
     try:
         for a in crowd:

@@ -22,8 +22,8 @@ from bot.jobs import JobRunner
 from bot.runtime import build_runtime, check_startup
 from bot.services.deps import utcnow
 from bot.services.messaging import notify_incident
+from snapbot_local.harness import ROOT, free_port, snapbot_env, start_web, wait_until
 from snapbot_local.slack import FakeSlack
-from tests.procs import ROOT, free_port, snapbot_env, start_web, wait_until
 
 PROCFILE_WEB = (ROOT / "Procfile").read_text(encoding="utf-8").split("web:", 1)[1].strip()
 COMMANDS = {

@@ -1,5 +1,5 @@
 """The watcher across real processes (SPEC §3, §6; issue 5): snapbot's gunicorn `web`
-process (tests/procs.py), killed with SIGKILL or stopped with SIGTERM, next to the
+process (snapbot_local/harness.py), killed with SIGKILL or stopped with SIGTERM, next to the
 provider simulator and the fake Slack API, both served from this test process so
 their state can be read and steered directly.
 
@@ -11,21 +11,20 @@ at a moment it chooses, so every count is exact.
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 from sqlalchemy import select
 
+from snapbot_local.harness import Proc, start_webs, web_settings
 from snapbot_local.provider import start_simulator
 from snapbot_local.slack import FakeSlack
 from snapbot_local.slack.signing import SlackClientSim, slash_command_body
-from snapbot_local.stack import BOT_TOKEN, INCIDENT_CHANNEL, SIGNING_SECRET, VPS_TOKEN
+from snapbot_local.stack import INCIDENT_CHANNEL, SIGNING_SECRET, VPS_TOKEN
 from storage import repositories as repo
 from storage.db import make_engine, session_scope
 from storage.tables import Lease, Watch
 from tests.conftest import wait_until
-from tests.procs import Proc, start_web
 
 NEVER = 3600.0
 POLL = 0.2
@@ -57,26 +56,18 @@ class Deployment:
         self.engine = None
 
     def settings(self) -> dict[str, str]:
-        return {
-            "SLACK_BOT_TOKEN": BOT_TOKEN,
-            "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-            "SLACK_API_URL": self.fake.api_url,
-            "VPS_API_URL": self.sim.url,
-            "VPS_API_TOKEN": VPS_TOKEN,
-            "DATABASE_URL": self.db_url,
-            "INCIDENT_CHANNEL": INCIDENT_CHANNEL,
-            "SNAPSHOT_POLL_SECONDS": str(POLL),
-            "LOG_LEVEL": "INFO",
-        }
+        return web_settings(
+            slack_api_url=self.fake.api_url,
+            vps_api_url=self.sim.url,
+            database_url=self.db_url,
+            log_level="INFO",
+            INCIDENT_CHANNEL=INCIDENT_CHANNEL,
+            SNAPSHOT_POLL_SECONDS=str(POLL),
+        )
 
     def start(self, *names: str) -> list[Proc]:
         """Start processes together (as replicas would), one gunicorn worker each."""
-        with ThreadPoolExecutor(len(names)) as pool:
-            started = list(
-                pool.map(
-                    lambda n: start_web(self.settings(), self.tmp_path, workers=1, name=n), names
-                )
-            )
+        started = start_webs(self.settings(), self.tmp_path, names)
         self.procs += started
         if self.engine is None:
             self.engine = make_engine(self.db_url)

@@ -24,13 +24,20 @@ from bot.__main__ import socket_mode_handler
 from bot.config import load_settings
 from bot.runtime import build_runtime
 from bot.web import MAX_BODY_BYTES, WebApp
+from snapbot_local.harness import (
+    HANG_GUARD_S,
+    child_pids,
+    free_port,
+    snapbot_env,
+    start_web,
+    web_settings,
+)
 from snapbot_local.provider import start_simulator
 from snapbot_local.slack import FakeSlack
 from snapbot_local.slack.signing import SlackClientSim, sign, slash_command_body
 from snapbot_local.stack import LocalStack, serve_wsgi
 from storage.db import make_engine, session_scope
 from tests.conftest import wait_until
-from tests.procs import HANG_GUARD_S, free_port, snapbot_env, start_web
 
 SECRET = "web-test-signing-secret"
 VPS_TOKEN = "web-test-vps-token"
@@ -92,16 +99,15 @@ def gunicorn(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gunicorn")
     sim = start_simulator(token=VPS_TOKEN, create_seconds=1.0, restore_seconds=1.0)
     fake = FakeSlack().start()
-    settings = {
-        "SLACK_BOT_TOKEN": "xoxb-web-test",
-        "SLACK_SIGNING_SECRET": SECRET,
-        "SLACK_API_URL": fake.api_url,
-        "VPS_API_URL": sim.url,
-        "VPS_API_TOKEN": VPS_TOKEN,
-        "DATABASE_URL": f"sqlite:///{tmp / 'web.db'}",
-        "SNAPSHOT_POLL_SECONDS": "0.5",
-        "LOG_LEVEL": "WARNING",
-    }
+    settings = web_settings(
+        slack_api_url=fake.api_url,
+        vps_api_url=sim.url,
+        database_url=f"sqlite:///{tmp / 'web.db'}",
+        signing_secret=SECRET,
+        bot_token="xoxb-web-test",
+        vps_token=VPS_TOKEN,
+        SNAPSHOT_POLL_SECONDS="0.5",
+    )
     proc = start_web(settings, tmp)
     yield proc, sim, fake
     sim.stop()  # anything still waiting on the provider fails fast
@@ -291,19 +297,6 @@ def test_a_sqlite_write_turn_comes_back_after_commit_rollback_error_and_invalida
 # -- the job worker beside the HTTP workers -----------------------------------------------------
 
 
-def child_pids(pid: int) -> dict[int, str]:
-    """The direct children of ``pid`` and their command lines, from /proc."""
-    found = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            try:
-                cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
-            except OSError:
-                continue
-            found[int(child)] = cmdline.decode(errors="replace")
-    return found
-
-
 def job_worker_pid(proc) -> int | None:
     workers = [p for p, cmd in child_pids(proc.popen.pid).items() if " bot worker " in f"{cmd} "]
     return workers[0] if len(workers) == 1 else None
@@ -319,15 +312,14 @@ def test_the_web_process_runs_jobs_in_a_job_worker_it_restarts_and_stops(tmp_pat
     fake = FakeSlack().start()
     database_url = f"sqlite:///{tmp_path / 'split.db'}"
     proc = start_web(
-        {
-            "SLACK_BOT_TOKEN": "xoxb-web-test",
-            "SLACK_SIGNING_SECRET": SECRET,
-            "SLACK_API_URL": fake.api_url,
-            "VPS_API_URL": sim.url,
-            "VPS_API_TOKEN": VPS_TOKEN,
-            "DATABASE_URL": database_url,
-            "LOG_LEVEL": "WARNING",
-        },
+        web_settings(
+            slack_api_url=fake.api_url,
+            vps_api_url=sim.url,
+            database_url=database_url,
+            signing_secret=SECRET,
+            bot_token="xoxb-web-test",
+            vps_token=VPS_TOKEN,
+        ),
         tmp_path,
         workers=2,
     )

@@ -41,6 +41,7 @@ from sqlalchemy import select
 from bot.blocks import ids
 from bot.services import door
 from bot.services.actors import Actor
+from snapbot_local.harness import HANG_GUARD_S
 from snapbot_local.slack.signing import (
     block_actions_body,
     button_press_body,
@@ -52,7 +53,6 @@ from storage import repositories as repo
 from storage.db import session_scope
 from storage.tables import AuditEvent, RestoreRequest
 from tests.conftest import wait_until
-from tests.procs import HANG_GUARD_S
 
 OP, AP, RQ, NO = "UOP", "UAPP", "URQ", "UNONE"
 ROLES = {"operator": OP, "approver": AP, "requester": RQ, "neither": NO}

@@ -34,6 +34,7 @@ from bot.services.actors import Actor
 from bot.services.restores import decisions
 from bot.vps.client import VpsClient
 from bot.worker import JOB_THREADS
+from snapbot_local.harness import HANG_GUARD_S, start_web
 from snapbot_local.provider import SimHandle, SimServer, start_simulator
 from snapbot_local.slack import FakeSlack
 from snapbot_local.slack.signing import (
@@ -47,7 +48,6 @@ from storage import repositories as repo
 from storage.db import make_engine, normalise_url, session_scope
 from storage.tables import Approval, AuditEvent, Job, Lease, RestoreRequest
 from tests.conftest import PG_URL, wait_until
-from tests.procs import HANG_GUARD_S, start_web
 
 UNREACHABLE = "The provider is unreachable or failing right now; nothing was changed."
 LIST = "GET snapshots/"

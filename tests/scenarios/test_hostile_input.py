@@ -35,6 +35,7 @@ from sqlalchemy import text
 from bot.blocks import ids
 from bot.core import commands as cmd
 from bot.listeners import inbound
+from snapbot_local.harness import HANG_GUARD_S
 from snapbot_local.slack.signing import (
     block_actions_body,
     sign,
@@ -45,7 +46,6 @@ from snapbot_local.stack import SIGNING_SECRET, LocalStack
 from storage import repositories as repo
 from storage.db import session_scope
 from tests.conftest import wait_until
-from tests.procs import HANG_GUARD_S
 
 SEED = 20250116
 COMMANDS = 10_000

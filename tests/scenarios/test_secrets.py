@@ -24,6 +24,7 @@ from bot.user_messages import describe
 from bot.vps.client import VpsClient
 from bot.vps.errors import VpsError
 from bot.web import WebApp
+from snapbot_local.harness import HANG_GUARD_S, start_web
 from snapbot_local.provider import start_simulator
 from snapbot_local.slack import FakeSlack
 from snapbot_local.slack.signing import SlackClientSim, slash_command_body
@@ -31,7 +32,6 @@ from snapbot_local.stack import LocalStack, serve_wsgi
 from storage.db import make_engine
 from tests.conftest import wait_until
 from tests.e2e_helpers import request_message, restore_calls, wait_for_ephemeral
-from tests.procs import HANG_GUARD_S, start_web
 
 BOT_TOKEN = "xoxb-4242-SECRETBOT-q9w8e7r6t5"
 SIGNING_SECRET = "sign-SECRET-7f3a9c1e5b2d4f6a"

@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from bot.blocks import ids
 from bot.services import door
 from bot.services.actors import Actor
+from snapbot_local.harness import HANG_GUARD_S, free_port
 from snapbot_local.slack.blockkit import validate_message_blocks
 from snapbot_local.slack.signing import (
     button_press_body,
@@ -30,7 +31,6 @@ from storage.db import session_scope
 from storage.tables import AuditEvent, Job, SlackDelivery, Watch
 from tests.conftest import wait_until
 from tests.e2e_helpers import channel_messages, provider_writes, texts, wait_for_ephemeral
-from tests.procs import HANG_GUARD_S, free_port
 
 ANSWER_WITHIN_S = 30  # SPEC section 8: the user hears back within 30 s
 WEB = 12345  # web-server-01, with snapshots 801 (newest) and 798 (oldest)

@@ -22,6 +22,7 @@ from websockets.sync.client import connect
 
 from bot.blocks import ids
 from bot.services import door
+from snapbot_local.harness import snapbot_env
 from snapbot_local.provider import start_simulator
 from snapbot_local.slack import FakeSlack
 from snapbot_local.slack.signing import (
@@ -36,7 +37,6 @@ from storage.db import session_scope
 from storage.tables import Job, RestoreRequest, Watch
 from tests.conftest import wait_until
 from tests.e2e_helpers import channel_messages, restore_calls, texts, wait_for_ephemeral
-from tests.procs import snapbot_env
 
 SNAPSHOT = 801  # seeded: web-server-01's newest snapshot
 EMPTY_SERVER = 12346  # db-server-01: no snapshots

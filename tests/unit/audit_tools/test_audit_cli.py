@@ -20,10 +20,10 @@ from sqlalchemy import event, select, text
 
 from bot.__main__ import main
 from bot.core import audit_chain
+from snapbot_local.harness import snapbot_env
 from storage import repositories as repo
 from storage.db import make_engine, migrate, session_scope
 from storage.tables import AuditEvent
-from tests.procs import snapbot_env
 
 KEY = "cli-audit-key-7d3f9a1c"
 T0 = datetime(2025, 1, 15, 18, 30, tzinfo=UTC)

@@ -23,10 +23,10 @@ from sqlalchemy import select, text
 
 from bot import audit_tools
 from bot.core import audit_chain
+from snapbot_local.harness import ROOT, snapbot_env
 from storage import repositories as repo
 from storage.db import make_engine, migrate, session_scope
 from storage.tables import AuditEvent
-from tests.procs import ROOT, snapbot_env
 
 KEY = b"test-audit-key-5e1d0c2b"
 T0 = datetime(2025, 1, 15, 18, 30, tzinfo=UTC)

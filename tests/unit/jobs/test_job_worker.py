@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 from sqlalchemy import event, text
 
 from bot.jobs import JobRunner
+from snapbot_local.harness import HANG_GUARD_S
 from tests.conftest import wait_until
-from tests.procs import HANG_GUARD_S
 
 
 def clock() -> datetime:

@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from bot.vps.coalesce import KEEP_S, Coalescer
+from snapbot_local.harness import HANG_GUARD_S
 from tests.conftest import wait_until
-from tests.procs import HANG_GUARD_S
 
 
 class Gate:

@@ -155,7 +155,11 @@ def _parent_pid(pid: int) -> int | None:
     return int(stat.rsplit(")", 1)[1].split()[1])
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+# Each drill boots two or three gunicorn processes: on SQLite that is ~15 s on a loaded
+# machine; with two PostgreSQL replicas over 20 s, so those run with the slow ones.
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgres", marks=[pytest.mark.postgres, pytest.mark.slow])]
+)
 def topology(request) -> str:
     return request.param
 
@@ -431,6 +435,7 @@ def test_killed_while_failing_on_a_failed_safety_snapshot_the_survivor_fails_it(
 
 
 @pytest.mark.postgres
+@pytest.mark.slow
 def test_two_replicas_approving_at_once_take_one_safety_snapshot_and_restore_once(
     tmp_path, pg_url, sim, fake
 ):

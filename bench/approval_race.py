@@ -10,7 +10,14 @@ two processes. The click time is the barrier's release; the restore time is the
 simulator's write-log timestamp of `POST snapshots/{id}/restore/` (same clock).
 
     python bench/approval_race.py [--database-url postgresql://…] [--rounds 200]
-                                  [--approvers 2,8,32]
+                                  [--approvers 2,8,32] [--typed]
+
+With --typed (RESTORE_CONFIRM=typed, SPEC 9.3) each approver's press first opens the
+confirmation modal (views.open, before the press is acknowledged); the race is then
+between the N modal submissions, each typing the server's name, released from the
+barrier across the two processes as the presses are without it. The click time is
+then the release of the submissions. The N presses themselves are sent at once too,
+and their acks (views.open made before each) timed: Slack's trigger_id lives 3 s.
 
 The database URL comes from --database-url, else TEST_DATABASE_URL. A fresh schema
 is created in it and dropped afterwards. Exit status 0 only when every N saw exactly
@@ -20,19 +27,26 @@ one restore call per request.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bot.blocks import ids
 from snapbot_local.harness import Proc, fresh_schema, start_webs, wait_until, web_settings
 from snapbot_local.provider import start_simulator
 from snapbot_local.slack import FakeSlack
-from snapbot_local.slack.signing import SlackClientSim, button_press_body, slash_command_body
+from snapbot_local.slack.signing import (
+    SlackClientSim,
+    button_press_body,
+    slash_command_body,
+    view_submission_body,
+)
 from snapbot_local.stack import SIGNING_SECRET, VPS_TOKEN
 from storage import repositories as repo
 from storage.db import make_engine, normalise_url, session_scope
@@ -42,7 +56,8 @@ ROUND_TIMEOUT_S = 30.0
 
 
 class Bench:
-    def __init__(self, db_url: str, workdir: Path) -> None:
+    def __init__(self, db_url: str, workdir: Path, *, typed: bool = False) -> None:
+        self.typed = typed
         self.sim = start_simulator(token=VPS_TOKEN, create_seconds=0.0, restore_seconds=0.05)
         self.fake = FakeSlack().start()
         self.db_url = db_url
@@ -51,6 +66,7 @@ class Bench:
             vps_api_url=self.sim.url,
             database_url=db_url,
             SNAPSHOT_POLL_SECONDS="0.5",
+            RESTORE_CONFIRM="typed" if typed else "button",
         )
         self.procs: list[Proc] = start_webs(settings, workdir, ("a", "b"))
         self.engine = make_engine(db_url)
@@ -64,6 +80,9 @@ class Bench:
             for server in (12346, 12347)
         ]
         self.opened = 0
+        self.calls_seen = 0  # the fake Slack's calls already scanned for opened modals
+        self.closed_answers = 0  # submissions answered "already decided" in the ack
+        self.press_acks: list[float] = []  # --typed: press -> ack, views.open included
 
     def close(self) -> None:
         for proc in self.procs:
@@ -117,24 +136,31 @@ class Bench:
         self.opened += 1
         before = len(self.restore_writes(snapshot))
         rid, message = self.open_request(proc, snapshot)
-        bodies = [
+        users = [f"UB{n:03d}X{i:02d}" for i in range(approvers)]
+        triggers = [self.fake.new_trigger_id() for _ in users]
+        presses = [
             button_press_body(
                 message,
                 ids.APPROVE,
-                user_id=f"UB{n:03d}X{i:02d}",
+                user_id=user,
+                trigger_id=trigger,
                 response_url=self.fake.response_url(
-                    "button", channel="C1", user=f"UB{n:03d}X{i:02d}", message_ts=message.ts
+                    "button", channel="C1", user=user, message_ts=message.ts
                 ),
             )
-            for i in range(approvers)
+            for user, trigger in zip(users, triggers, strict=True)
         ]
+        bodies = self.confirmations(rid, users, triggers, presses) if self.typed else presses
         released: list[float] = []
         barrier = threading.Barrier(approvers, action=lambda: released.append(time.time()))
         statuses = [0] * approvers
+        answers: list[dict] = [{} for _ in range(approvers)]
 
         def press(i: int) -> None:
             barrier.wait()
-            statuses[i] = self.post(self.procs[i % 2], bodies[i])
+            response = self.clients[self.procs[i % 2].url].post(bodies[i])
+            statuses[i] = response.status_code
+            answers[i] = response.json() if response.content else {}
 
         threads = [threading.Thread(target=press, args=(i,)) for i in range(approvers)]
         for t in threads:
@@ -149,12 +175,55 @@ class Bench:
             0.005,
             f"round {n} (request #{rid}) to finish",
         )
+        self.closed_answers += sum(a.get("response_action") == "update" for a in answers)
         writes = self.restore_writes(snapshot)[before:]
         latency = writes[0] - released[0] if writes else None
         state = self.request(rid).state
         if state != "succeeded":
             print(f"  round {n}: request #{rid} ended {state}", file=sys.stderr)
         return len(writes), latency
+
+    def confirmations(
+        self, rid: int, users: list[str], triggers: list[str], presses: list[bytes]
+    ) -> list[bytes]:
+        """Every approver presses Approve (alternating processes) and gets the modal,
+        opened before the press was acknowledged; the submissions to race, each with
+        the server's name typed (surrounding spaces and all) into its own modal."""
+
+        def press(i: int) -> int:
+            sent = time.monotonic()
+            status = self.post(self.procs[i % 2], presses[i])
+            self.press_acks.append(time.monotonic() - sent)
+            return status
+
+        with ThreadPoolExecutor(len(users)) as pool:
+            statuses = list(pool.map(press, range(len(users))))
+        if set(statuses) != {200}:
+            raise RuntimeError(f"request #{rid}: presses answered {statuses}")
+        calls = self.fake.calls_since(self.calls_seen)
+        self.calls_seen += len(calls)
+        sealed = {}
+        for call in calls:
+            if (
+                call.method == "views.open"
+                and call.ok
+                and call.params.get("trigger_id") in triggers
+            ):
+                view = call.params["view"]
+                view = json.loads(view) if isinstance(view, str) else view
+                sealed[call.params["trigger_id"]] = view["private_metadata"]
+        if len(sealed) != len(users):
+            raise RuntimeError(f"request #{rid}: {len(sealed)} of {len(users)} modals opened")
+        typed = f"  {self.request(rid).server_name} "
+        return [
+            view_submission_body(
+                ids.RESTORE_CONFIRM_MODAL,
+                {ids.RESTORE_CONFIRM_BLOCK: {ids.RESTORE_CONFIRM_ACTION: typed}},
+                user_id=user,
+                private_metadata=sealed[trigger],
+            )
+            for user, trigger in zip(users, triggers, strict=True)
+        ]
 
 
 def percentile(values: list[float], p: int) -> float:
@@ -169,6 +238,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=200, help="requests per N (200)")
     parser.add_argument(
         "--approvers", default="2,8,32", help="comma-separated N: simultaneous approvers"
+    )
+    parser.add_argument(
+        "--typed",
+        action="store_true",
+        help="RESTORE_CONFIRM=typed: the race is between the confirmation modals' submissions",
     )
     args = parser.parse_args()
     if not args.database_url or not normalise_url(args.database_url).startswith("postgresql"):
@@ -187,10 +261,16 @@ def main() -> int:
     ok = True
     try:
         with tempfile.TemporaryDirectory(prefix="approval-race-") as workdir:
-            bench = Bench(db_url, Path(workdir))
+            bench = Bench(db_url, Path(workdir), typed=args.typed)
             try:
+                mode = (
+                    "typed confirmation: N modals, then N submissions race"
+                    if args.typed
+                    else "Approve presses race"
+                )
                 print(
-                    f"2 gunicorn processes, 1 worker each, PostgreSQL; {args.rounds} rounds per N"
+                    f"2 gunicorn processes, 1 worker each, PostgreSQL; {args.rounds} rounds "
+                    f"per N; {mode}"
                 )
                 for approvers in counts:
                     calls, latencies = 0, []
@@ -201,6 +281,8 @@ def main() -> int:
                         if latency is not None:
                             latencies.append(latency)
                     elapsed = time.monotonic() - started
+                    closed, bench.closed_answers = bench.closed_answers, 0
+                    acks, bench.press_acks = bench.press_acks, []
                     per_request = calls / args.rounds
                     good = calls == args.rounds and len(latencies) == args.rounds
                     ok = ok and good
@@ -214,7 +296,15 @@ def main() -> int:
                     print(
                         f"N={approvers:>2}: {args.rounds} requests, {calls} restore calls = "
                         f"{per_request:.3f} per request{'' if good else '  <-- NOT EXACTLY ONE'}; "
-                        f"{lat}; {elapsed:.1f} s",
+                        f"{lat}; {elapsed:.1f} s"
+                        + (
+                            f"; {closed} submissions told in the ack it was already decided; "
+                            f"press -> ack with the modal opened p50 "
+                            f"{percentile(acks, 50) * 1000:.0f} ms, p99 "
+                            f"{percentile(acks, 99) * 1000:.0f} ms, max {max(acks) * 1000:.0f} ms"
+                            if args.typed and acks
+                            else ""
+                        ),
                         flush=True,
                     )
             finally:

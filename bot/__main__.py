@@ -10,7 +10,7 @@ import signal
 import sys
 from datetime import UTC, datetime
 
-from bot.config import exit_on_config_error, load_or_exit
+from bot.config import exit_on_config_error, load_or_exit, secret_value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,7 +190,7 @@ def socket_mode_handler(settings, *, start_duties: bool = True, install=None):
     # pings: at Bolt's default 10 s interval that is close to a minute of deafness
     # during an incident; 3 s pings cut it to seconds for a few bytes each.
     handler = SocketModeHandler(
-        runtime.app, settings.slack_app_token, ping_interval=SOCKET_PING_INTERVAL_S
+        runtime.app, secret_value(settings.slack_app_token), ping_interval=SOCKET_PING_INTERVAL_S
     )
     return runtime, handler
 
@@ -213,7 +213,7 @@ def _audit(args) -> int:
     settings = load_settings(require_slack=False)
     # Read only: a wrong directory or URL is an error, never a new, empty log.
     engine = open_audit_log(settings)
-    key = settings.audit_key.encode() if settings.audit_key else None
+    key = secret_value(settings.audit_key).encode() or None
     if args.audit_command == "verify":
         checkpoint = None
         if args.checkpoint:

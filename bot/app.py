@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from slack_bolt import App
 from slack_bolt.authorization import AuthorizeResult
 
+from bot.config import secret_value
 from bot.listeners import register_listeners
 from bot.services import auditing
 from bot.services.actors import Actor
@@ -38,7 +39,7 @@ def build_app(deps: Deps) -> App:
     app = App(
         client=deps.slack,
         authorize=authorize,
-        signing_secret=settings.slack_signing_secret or "socket-mode-does-not-sign",
+        signing_secret=secret_value(settings.slack_signing_secret) or "socket-mode-does-not-sign",
         request_verification_enabled=not settings.socket_mode,
         token_verification_enabled=False,
         # Listeners only store a job and ack, so they run in the request's own thread:

@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import stamina
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
@@ -279,14 +280,23 @@ class JobRunner:
             repo.finish_job(s, job_id=job_id, now=self.clock(), error=error)
 
     def _retrying(self, step: Callable):
-        for attempt in range(1, DB_TRIES + 1):
-            try:
+        """`step()`, tried DB_TRIES times in all on a database error, waiting
+        DB_RETRY_S times the tries so far between them, and not at all once the runner
+        is shutting down (stamina waits; not in its test mode)."""
+        tries = 0
+
+        def again(exc: Exception) -> bool | float:
+            nonlocal tries
+            tries += 1
+            if not isinstance(exc, DBAPIError) or tries >= DB_TRIES:
+                return False
+            log.warning("database error, trying again: %s", type(exc).__name__)
+            return 0.0 if self._closed.is_set() else DB_RETRY_S * tries
+
+        for attempt in stamina.retry_context(on=again, attempts=DB_TRIES, timeout=None):
+            with attempt:
                 return step()
-            except DBAPIError as exc:
-                if attempt == DB_TRIES:
-                    raise
-                log.warning("database error, trying again: %s", type(exc).__name__)
-                self._closed.wait(DB_RETRY_S * attempt)
+        return None  # not reached: the last try returns or raises
 
     def _save_progress(self, job_id: int, progress: dict) -> None:
         def save() -> None:

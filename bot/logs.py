@@ -222,6 +222,9 @@ def configure_logging(level: str = "INFO", *, secrets: tuple[str | None, ...] = 
     root.setLevel(level)
     logging.getLogger("slack_bolt").setLevel(max(logging.INFO, root.level))
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # bot/vps/retries.py and bot/jobs.py log each retry, saying what failed; stamina's
+    # own line for it would only say "stamina.retry_scheduled".
+    logging.getLogger("stamina").setLevel(logging.ERROR)
     for name, chatter in _CHATTER.items():
         logger = logging.getLogger(name)
         if chatter not in logger.filters:

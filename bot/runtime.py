@@ -27,7 +27,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from bot.app import build_app
-from bot.config import ENV_VARS, ConfigError, Settings, exit_on_config_error
+from bot.config import ENV_VARS, ConfigError, Settings, exit_on_config_error, secret_value
 from bot.core import approval, authz, view_metadata
 from bot.jobs import DEFAULT_WORKERS, JobRunner
 from bot.outbox import Outbox
@@ -60,7 +60,9 @@ def make_owner_id(group: str | None = None) -> str:
 
 
 def make_slack_client(settings: Settings) -> WebClient:
-    client = WebClient(token=settings.slack_bot_token, base_url=settings.slack_api_url, timeout=10)
+    client = WebClient(
+        token=secret_value(settings.slack_bot_token), base_url=settings.slack_api_url, timeout=10
+    )
     # slack-sdk retries only connection errors by default; 429s are waited out too.
     client.retry_handlers = [
         ConnectionErrorRetryHandler(max_retry_count=2),
@@ -231,10 +233,10 @@ def make_deps(
             required_approvals=settings.restore_approvals,
             ttl=settings.approval_ttl,
         ),
-        audit_key=settings.audit_key.encode() if settings.audit_key else None,
+        audit_key=secret_value(settings.audit_key).encode() or None,
         # Socket Mode has no signing secret; the bot token is as private.
         metadata_key=view_metadata.metadata_key(
-            settings.slack_signing_secret or settings.slack_bot_token
+            secret_value(settings.slack_signing_secret) or secret_value(settings.slack_bot_token)
         ),
         installed=Installed(
             team=install.team_id if install else None,
@@ -283,7 +285,7 @@ def build_runtime(
     migrate_or_raise(engine)
     vps = vps or VpsClient(
         settings.vps_api_url,
-        settings.vps_api_token,
+        secret_value(settings.vps_api_token),
         timeout=PROVIDER_TIMEOUT_S,
         retries=PROVIDER_RETRIES,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bot.blocks.refusals import refusal_text
 from bot.core.errors import SnapbotError
 from bot.vps.errors import (
     VpsAuthError,
@@ -35,5 +36,5 @@ def describe(exc: BaseException) -> str:
             "request, so its outcome is unknown. Check `/snapshot list` before trying again."
         )
     if isinstance(exc, SnapbotError):
-        return str(exc)
+        return refusal_text(exc)
     return INTERNAL

@@ -190,6 +190,7 @@ class Duties:
             snapshots = {snap.id: snap for snap in self.deps.vps.list_snapshots()}
         except VpsError as exc:
             self._provider_failed(exc)
+            self._safety_timeouts(watched)
             return
         finally:
             self.polls += 1
@@ -236,6 +237,15 @@ class Duties:
         elif snap.status != w.last_status:
             with session_scope(self.deps.engine) as s:
                 repo.note_watch_status(s, watch_id=w.id, status=snap.status, now=now)
+
+    def _safety_timeouts(self, watched) -> None:
+        """The provider cannot be read: a safety snapshot past its time still fails its
+        request (nothing is restored), rather than waiting for the provider to return."""
+        now = self.clock()
+        timeout = self.deps.settings.safety_snapshot_timeout
+        for w in watched:
+            if w.kind == "safety" and now - w.started_at > timeout:
+                safety.safety_ended(self.deps, w, "timeout", now)
 
     def follow_restores(self) -> None:
         with session_scope(self.deps.engine, readonly=True) as s:

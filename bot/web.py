@@ -28,7 +28,7 @@ from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_bolt.request.internals import build_context
 
 from bot import request_guard
-from bot.config import ConfigError, load_settings, web_setting
+from bot.config import ConfigError, load_settings, secret_value, web_setting
 from bot.logs import Outage, configure_logging
 from bot.outbox import CHANNEL_HEALTH_KEY
 from bot.runtime import Runtime, build_runtime, check_startup, checked_install, startup_checked
@@ -49,7 +49,7 @@ class WebApp:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.slack = _FormAwareHandler(runtime.app, path="/slack/events")
-        self.secret = (runtime.settings.slack_signing_secret or "").encode()
+        self.secret = secret_value(runtime.settings.slack_signing_secret).encode()
         self._database_outage = Outage(log, "health check: the database")
 
     def __call__(self, environ, start_response):

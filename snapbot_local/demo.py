@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.blocks import ids
+from bot.config import secret_value
 from snapbot_local.slack.signing import button_press_body
 from snapbot_local.stack import INCIDENT_CHANNEL, SIGNING_SECRET, LocalStack, settings_from_env
 from snapbot_local.transcript import (
@@ -325,7 +326,7 @@ def step_audit(story: Story, memo: Memo) -> str:
     from bot.audit_tools import verify
 
     story.settle()
-    key = story.stack.settings.audit_key
+    key = secret_value(story.stack.settings.audit_key)
     engine = story.stack.runtime.engine
     result = verify(engine, key.encode() if key else None)
     expect(result.ok, f"audit verify: broken at row {getattr(result.broken, 'row_id', '?')}")
@@ -428,12 +429,15 @@ def _keep_running(stack: LocalStack, out: Callable[[str], None]) -> None:
     rows = [
         ("Slack events URL", f"{stack.url}   (signing secret {SIGNING_SECRET})"),
         ("health check", f"{base}/healthz"),
-        ("provider simulator", f"{stack.sim.url}   (token {stack.settings.vps_api_token})"),
+        (
+            "provider simulator",
+            f"{stack.sim.url}   (token {secret_value(stack.settings.vps_api_token)})",
+        ),
         ("fake Slack Web API", stack.slack.api_url),
         ("database", stack.database_url),
         (
             "audit",
-            f"DATABASE_URL={stack.database_url} AUDIT_KEY={stack.settings.audit_key} "
+            f"DATABASE_URL={stack.database_url} AUDIT_KEY={secret_value(stack.settings.audit_key)} "
             "snapbot audit verify",
         ),
     ]

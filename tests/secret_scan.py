@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from bot.config import secret_value
 from snapbot_local import stack as stack_module
 from snapbot_local.stack import LocalStack
 
@@ -66,10 +67,10 @@ def secrets_of(stack: LocalStack) -> dict[str, str]:
     """{secret value: its setting's name} of a started stack."""
     s = stack.runtime.settings
     found = {
-        s.slack_bot_token: "SLACK_BOT_TOKEN",
-        s.slack_signing_secret: "SLACK_SIGNING_SECRET",
-        s.vps_api_token: "VPS_API_TOKEN",
-        s.audit_key: "AUDIT_KEY",
+        secret_value(s.slack_bot_token): "SLACK_BOT_TOKEN",
+        secret_value(s.slack_signing_secret): "SLACK_SIGNING_SECRET",
+        secret_value(s.vps_api_token): "VPS_API_TOKEN",
+        secret_value(s.audit_key): "AUDIT_KEY",
     }
     # Short values would match by chance; LocalStack's are long and distinctive.
     return {value: name for value, name in found.items() if value and len(value) >= 8}

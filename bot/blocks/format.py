@@ -33,6 +33,20 @@ def when(at: datetime | None) -> str:
     return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def local_time(at: datetime | None, fmt: str = "{date_short_pretty} {time}") -> str:
+    """``at`` as Slack shows it to each reader, in their own time zone ("Yesterday
+    18:30"); clients that cannot render it show the UTC time (``when``)."""
+    if at is None:
+        return "unknown time"
+    at = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+    return f"<!date^{int(at.timestamp())}^{fmt}|{when(at)}>"
+
+
+def from_now(at: datetime, now: datetime) -> str:
+    """How far off ``at`` is: "in 42 min", or "now" once it has passed."""
+    return f"in {span(at - now)}" if at > now else "now"
+
+
 def span(delta: timedelta) -> str:
     seconds = max(0, int(delta.total_seconds()))
     if seconds < 60:

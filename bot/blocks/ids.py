@@ -19,4 +19,9 @@ CREATE_NAME_ACTION = "name_value"
 CREATE_DESCRIPTION_BLOCK = "description"
 CREATE_DESCRIPTION_ACTION = "description_value"
 
-VIEW_CALLBACK_IDS = (CREATE_MODAL,)
+# The restore confirmation (SPEC 9.3): an allowed approver's Approve opens it.
+RESTORE_CONFIRM_MODAL = "restore_confirm_modal"
+RESTORE_CONFIRM_BLOCK = "confirm_server"
+RESTORE_CONFIRM_ACTION = "confirm_server_value"
+
+VIEW_CALLBACK_IDS = (CREATE_MODAL, RESTORE_CONFIRM_MODAL)

@@ -4,7 +4,7 @@ replies and modal, and the delete prompt."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from slack_sdk.models.blocks import (
     ActionsBlock,
@@ -21,6 +21,7 @@ from slack_sdk.models.blocks import (
 from slack_sdk.models.views import View
 
 from bot.blocks import ids
+from bot.blocks.answers import text_message
 from bot.blocks.format import age, clip, escape, mention, size, span, when
 from bot.blocks.kit import context, payload, section
 from bot.blocks.safety import safety_marker
@@ -146,6 +147,18 @@ def create_thread_reply(
     return payload(text, [section(text)])
 
 
+def create_started_detail(provider_message: str | None) -> str:
+    """What a create's channel message says while the provider works on it."""
+    return f"{provider_message or CREATE_ESTIMATE} {RUNNING_SERVER_ADVICE}"
+
+
+def create_ended_detail(parent_state: str, status: str, duration: timedelta) -> str:
+    """What a create's channel message says once it ended (the thread says more)."""
+    if parent_state == "completed":
+        return f"Completed in {span(duration)}; see the thread."
+    return f"Ended as {status} after {span(duration)}; see the thread."
+
+
 def limit_reached(text: str, oldest_id: int, oldest_name: str) -> dict:
     return payload(
         escape(text),
@@ -250,3 +263,7 @@ def delete_prompt(snapshot, user: str, now: datetime) -> dict:
             ),
         ],
     )
+
+
+def snapshot_deleted(snapshot_id: int, by: str) -> dict:
+    return text_message(f":wastebasket: Snapshot {snapshot_id} deleted by {mention(by)}.")

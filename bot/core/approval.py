@@ -14,7 +14,8 @@ A restore request moves through::
 
 ``decide_approval`` and ``decide_rejection`` take the request as it is stored, the
 actor, the policy and the time, and say what should happen. The shell stores the
-answer with a conditional update, so concurrent clicks still produce one winner.
+answer with a conditional update, so concurrent clicks still produce one winner. A
+``Decision`` carries facts, not text: bot/blocks/refusals.py words the answer.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from bot.core.authz import Allowed, describe_allowed, is_allowed
+from bot.core.authz import Allowed, is_allowed
 
 
 class State(StrEnum):
@@ -101,10 +102,18 @@ DENIALS = frozenset({Verdict.SELF_APPROVAL, Verdict.NOT_APPROVER, Verdict.CLOSED
 
 @dataclass(frozen=True, slots=True)
 class Decision:
+    """What should happen, and the facts the answer names; no text (the actor's answer
+    is worded once, by bot/blocks/refusals.py ``decision_answer``)."""
+
     verdict: Verdict
-    message: str
     new_state: State | None = None
     approvals_after: frozenset[str] = frozenset()
+    missing: int = 0  # RECORD, REPEAT: approvals still needed
+    approvers: Allowed = None  # SELF_APPROVAL, NOT_APPROVER: who may approve instead
+    rejecting: bool = False  # NOT_APPROVER: the refused click was a Reject
+    closed_state: State | None = None  # CLOSED: the state the request is already in
+    decided_by: str | None = None  # CLOSED: who put it there, when anyone did
+    lost_race: bool = False  # CLOSED: another decision won the conditional update
 
     @property
     def outcome(self) -> str:
@@ -117,28 +126,10 @@ def is_expired(request: RequestView, now: datetime) -> bool:
 
 def _closed(request: RequestView, now: datetime) -> Decision | None:
     if is_expired(request, now) or request.state == State.EXPIRED:
-        return Decision(Verdict.EXPIRED, "This restore request has expired; open a new one.")
+        return Decision(Verdict.EXPIRED)
     if request.state != State.PENDING:
-        who = f" by <@{request.decided_by}>" if request.decided_by else ""
-        if request.state in _AFTER_APPROVAL:
-            # "already succeeded by X" would name the approver as the one who restored.
-            return Decision(
-                Verdict.CLOSED,
-                f"This request was already approved{who}; "
-                f"the restore {_AFTER_APPROVAL[request.state]}.",
-            )
-        return Decision(Verdict.CLOSED, f"This request was already {request.state.value}{who}.")
+        return Decision(Verdict.CLOSED, closed_state=request.state, decided_by=request.decided_by)
     return None
-
-
-_AFTER_APPROVAL = {
-    State.APPROVED: "is starting",
-    State.SAFEGUARDING: "is waiting for its safety snapshot",
-    State.EXECUTING: "is starting",
-    State.SUCCEEDED: "has started",
-    State.FAILED: "failed",
-    State.INTERRUPTED: "was interrupted",
-}
 
 
 def decide_approval(
@@ -152,29 +143,17 @@ def decide_approval(
     if closed:
         return closed
     if actor == request.requester:
-        return Decision(
-            Verdict.SELF_APPROVAL,
-            "You cannot approve your own restore request: a second person must. "
-            + _who_may_approve(policy),
-        )
+        return Decision(Verdict.SELF_APPROVAL, approvers=policy.approvers)
     if not is_allowed(actor, actor_groups, policy.approvers):
-        return Decision(
-            Verdict.NOT_APPROVER, "You may not approve restores. " + _who_may_approve(policy)
-        )
+        return Decision(Verdict.NOT_APPROVER, approvers=policy.approvers)
     if actor in request.approvals:
         missing = policy.required_approvals - len(request.approvals)
-        return Decision(
-            Verdict.REPEAT,
-            f"You already approved this request; it still needs {missing} more approval(s).",
-            approvals_after=request.approvals,
-        )
+        return Decision(Verdict.REPEAT, approvals_after=request.approvals, missing=missing)
     after = request.approvals | {actor}
     if len(after) >= policy.required_approvals:
-        return Decision(Verdict.APPROVE, "Approved: the restore starts now.", State.APPROVED, after)
+        return Decision(Verdict.APPROVE, State.APPROVED, after)
     missing = policy.required_approvals - len(after)
-    return Decision(
-        Verdict.RECORD, f"Approval recorded; {missing} more approval(s) needed.", None, after
-    )
+    return Decision(Verdict.RECORD, None, after, missing=missing)
 
 
 def decide_rejection(
@@ -188,22 +167,7 @@ def decide_rejection(
     if closed:
         return closed
     if actor == request.requester:
-        return Decision(Verdict.CANCEL, "Restore request cancelled.", State.CANCELLED)
+        return Decision(Verdict.CANCEL, State.CANCELLED)
     if not is_allowed(actor, actor_groups, policy.approvers):
-        return Decision(
-            Verdict.NOT_APPROVER,
-            "You may not reject this restore. The requester, or "
-            + _who_may_approve(policy, lower=True),
-        )
-    return Decision(Verdict.REJECT, "Restore request rejected.", State.REJECTED)
-
-
-def _who_may_approve(policy: Policy, *, lower: bool = False) -> str:
-    text = (
-        f"Approvers: {describe_allowed(policy.approvers)}"
-        if policy.approvers is not None
-        else "Anyone but the requester may approve"
-    )
-    if lower:
-        text = text[0].lower() + text[1:]
-    return text + "."
+        return Decision(Verdict.NOT_APPROVER, approvers=policy.approvers, rejecting=True)
+    return Decision(Verdict.REJECT, State.REJECTED)

@@ -13,7 +13,7 @@ import base64
 import hashlib
 import hmac
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 _CONTEXT = b"snapbot view private_metadata v1"
 MAX_LENGTH = 3000  # Slack's limit for private_metadata
@@ -91,3 +91,69 @@ def _unb64(text: str) -> bytes:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (ValueError, TypeError) as exc:
         raise ValueError("not base64") from exc
+
+
+# ------------------------------------------------------------------ a confirmation's click
+
+_BINDING_PURPOSE = b"restore confirmation\x00"  # so no other modal's seal passes for one
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """The restore confirmation modal's request and the Approve press that opened it:
+    the submission counts only as that press would (SPEC 9.3, 14.7), and is answered
+    through its ``response_url`` (SPEC 13.2)."""
+
+    user: str
+    request_id: int
+    channel: str
+    message_ts: str
+    thread_ts: str | None = None
+    channel_name: str = ""
+    response_url: str | None = None
+
+
+def seal_binding(binding: Binding, key: bytes) -> str:
+    body = json.dumps(
+        {
+            "u": binding.user,
+            "q": binding.request_id,
+            "c": binding.channel,
+            "m": binding.message_ts,
+            "t": binding.thread_ts or "",
+            "n": binding.channel_name,
+            "r": binding.response_url or "",
+        },
+        separators=(",", ":"),
+        sort_keys=True,
+    ).encode()
+    sealed = f"{_b64(body)}.{_b64(_mac(key, _BINDING_PURPOSE + body))}"
+    if len(sealed) > MAX_LENGTH and binding.response_url:
+        # Too long to carry the response_url: answers fall back to an ephemeral.
+        return seal_binding(replace(binding, response_url=None), key)
+    return sealed
+
+
+def unseal_binding(text: str, key: bytes, *, user: str) -> Binding | None:
+    """The binding, if ``text`` is one this bot sealed for ``user``; else None."""
+    if not isinstance(text, str) or text.count(".") != 1 or len(text) > MAX_LENGTH:
+        return None
+    encoded, mac = text.split(".")
+    try:
+        body, given = _unb64(encoded), _unb64(mac)
+    except ValueError:
+        return None
+    if not hmac.compare_digest(given, _mac(key, _BINDING_PURPOSE + body)):
+        return None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or data.get("u") != user or not user:
+        return None
+    request_id = data.get("q")
+    texts = [data.get(k) for k in ("c", "m", "t", "n", "r")]
+    if type(request_id) is not int or not all(isinstance(t, str) for t in texts):
+        return None
+    channel, message_ts, thread_ts, name, url = texts
+    return Binding(user, request_id, channel, message_ts, thread_ts or None, name, url or None)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 
+from bot.blocks.refusals import GROUP_GONE, groups_note
 from bot.core import authz
 
 log = logging.getLogger(__name__)
@@ -59,14 +60,6 @@ class Actor:
         )
 
 
-# What Slack answers usergroups.users.list for a group that cannot be read at all: the
-# configuration is wrong (or the plan has no user groups), not the moment.
-GROUP_GONE = {
-    "no_such_subteam": "user group {group} does not exist",
-    "plan_upgrade_required": "this workspace's plan has no user groups",
-}
-
-
 class GroupCache:
     """Members of Slack user groups (usergroups.users.list), cached briefly."""
 
@@ -87,13 +80,7 @@ class GroupCache:
         with self._lock:
             gone = {g: self._gone[g] for g in groups if g in self._gone}
             unread = [g for g in groups if g in self._unread and g not in gone]
-        notes = sorted({GROUP_GONE[error].format(group=g) for g, error in gone.items()})
-        if unread:
-            names = ", ".join(f"<!subteam^{g}>" for g in unread)
-            notes.append(
-                f"Slack did not say who is in {names} just now; if you are, try again soon"
-            )
-        return f" ({'; '.join(notes)}.)" if notes else ""
+        return groups_note(gone, unread)
 
     def unusable(self, groups: Iterable[str]) -> dict[str, str]:
         """Of ``groups``, those Slack answers a GROUP_GONE error for: {group: error}.

@@ -11,12 +11,17 @@ import logging
 from slack_sdk.errors import SlackApiError, SlackClientError
 
 from bot.blocks.answers import error_message, error_mrkdwn
-from bot.blocks.refusals import cannot_post
+from bot.blocks.refusals import (
+    cannot_post,
+    create_interrupted,
+    name_taken,
+    refusal_text,
+    servers_unlisted,
+)
 from bot.blocks.snapshots import (
-    CREATE_ESTIMATE,
-    RUNNING_SERVER_ADVICE,
     create_message,
     create_modal,
+    create_started_detail,
     limit_reached,
 )
 from bot.core import commands as cmd
@@ -74,7 +79,7 @@ def open_create_modal(deps: Deps, actor: Actor) -> None:
     except VpsError as exc:
         servers, note = (
             [],
-            f"Could not load the server list ({describe(exc)}); type an ID or name.",
+            servers_unlisted(describe(exc)),
         )
     try:
         deps.slack.views_update(
@@ -163,7 +168,7 @@ def _refused_on_server(
             "denied",
             target=target,
             detail="name taken",
-            answer=error_message(f"Server {srv_name} already has a snapshot named {name}."),
+            answer=name_taken(srv_name, name),
         )
         return True
     if len(existing) >= SNAPSHOT_LIMIT:
@@ -176,7 +181,7 @@ def _refused_on_server(
             "denied",
             target=target,
             detail="limit reached",
-            answer=limit_reached(str(err), oldest.id, oldest.name),
+            answer=limit_reached(refusal_text(err), oldest.id, oldest.name),
         )
         return True
     return False
@@ -269,7 +274,7 @@ def _create_failed(
 
 def watch_created(deps: Deps, actor: Actor, snap: Snapshot, srv_name: str, parent_key: str) -> None:
     """The provider took the create: watch it (bot/watcher.py reports its end)."""
-    detail = f"{snap.message or CREATE_ESTIMATE} {RUNNING_SERVER_ADVICE}"
+    detail = create_started_detail(snap.message)
     with session_scope(deps.engine) as s:
         if repo.snapshot_watch(s, snapshot_id=snap.id) is not None:
             # A resumed job whose first run got this far before dying: the snapshot
@@ -339,8 +344,5 @@ def resume_create(deps: Deps, actor: Actor, ctx: JobContext) -> None:
             "snapshot.create",
             "error",
             detail="interrupted before the provider answered",
-            answer=error_message(
-                f"snapbot restarted while creating {p['name']}; the provider has no such "
-                "snapshot, so nothing was created. Run the command again."
-            ),
+            answer=create_interrupted(p["name"]),
         )

@@ -6,9 +6,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 from bot.blocks.answers import error_message, text_message
-from bot.blocks.format import mention
-from bot.blocks.refusals import delete_taken
-from bot.blocks.snapshots import delete_prompt
+from bot.blocks.refusals import delete_taken, snapshot_in_restore
+from bot.blocks.snapshots import delete_prompt, snapshot_deleted
 from bot.services.actors import Actor
 from bot.services.auditing import audit, provider_failed, record
 from bot.services.deps import Deps
@@ -83,10 +82,7 @@ def confirm_delete(deps: Deps, actor: Actor, value: str) -> None:
             "denied",
             target=target,
             detail="restore open",
-            answer=error_message(
-                f"Restore request #{open_req.id} uses this snapshot "
-                f"({open_req.state}); it cannot be deleted now."
-            ),
+            answer=snapshot_in_restore(open_req.id, open_req.state),
         )
         return
     if _claimed(deps, actor, sid, target):
@@ -128,7 +124,7 @@ def _delete(deps: Deps, actor: Actor, sid: int, target: str) -> None:
     answer(
         deps,
         actor,
-        text_message(f":wastebasket: Snapshot {sid} deleted by {mention(actor.user)}."),
+        snapshot_deleted(sid, actor.user),
         replace_original=True,
     )
 

@@ -20,7 +20,7 @@ from bot.services import creates, deletes, door, reporting
 from bot.services.actors import Actor, text
 from bot.services.auditing import record
 from bot.services.deps import Deps
-from bot.services.restores import decisions, requests
+from bot.services.restores import confirm, decisions, requests
 from bot.user_messages import describe
 
 Run = Callable[[Deps, Actor, JobContext], None]
@@ -136,7 +136,9 @@ JOB_HANDLERS: dict[str, Job] = {
     "snapshot.delete_cancel": Job(
         lambda d, a, c: deletes.cancel_delete(d, a, _value(c)), "", "action"
     ),
-    "restore.approve": Job(lambda d, a, c: decisions.approve(d, a, int(_value(c))), "", "action"),
+    "restore.approve": Job(
+        lambda d, a, c: confirm.approve_pressed(d, a, int(_value(c)), c.payload), "", "action"
+    ),
     "restore.reject": Job(lambda d, a, c: decisions.reject(d, a, int(_value(c))), "", "action"),
     "restore.undo": Job(lambda d, a, c: requests.undo_restore(d, a, int(_value(c))), "", "action"),
     "button.malformed": Job(_button_malformed, "", "action"),

@@ -15,7 +15,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 
 from bot.blocks import refusals
 from bot.blocks.answers import error_message, error_mrkdwn
-from bot.blocks.refusals import not_in_a_dm
+from bot.blocks.refusals import not_in_a_dm, refusal_text
 from bot.core import authz, conversations, view_metadata
 from bot.core.errors import NotAllowed
 from bot.services.actors import Actor
@@ -141,7 +141,7 @@ def refused_operator(deps: Deps, actor: Actor, action: str, what: str, *, target
 def refuse(
     deps: Deps, actor: Actor, action: str, what: str, allowed: authz.Allowed, *, target: str = ""
 ) -> None:
-    err = NotAllowed(what, authz.describe_allowed(allowed))
+    err = NotAllowed(what, allowed)
     record(
         deps,
         actor,
@@ -149,7 +149,7 @@ def refuse(
         "denied",
         target=target,
         detail="not an operator",
-        answer=error_mrkdwn(str(err) + deps.groups.unread_note(allowed)),
+        answer=error_mrkdwn(refusal_text(err) + deps.groups.unread_note(allowed)),
     )
 
 

@@ -11,7 +11,7 @@ from datetime import datetime
 from bot.blocks.format import span
 from bot.blocks.notices import restore_finished_notice, snapshot_ended_notice
 from bot.blocks.restore import restore_finished_note
-from bot.blocks.snapshots import create_message, create_thread_reply
+from bot.blocks.snapshots import create_ended_detail, create_message, create_thread_reply
 from bot.services.auditing import audit
 from bot.services.deps import Deps
 from bot.services.messaging import notify_incident, permalink, progress_key
@@ -46,9 +46,7 @@ def report_snapshot(
             snapshot_id=w.snapshot_id,
         )
         parent_state = status if status in ("completed", "gone", "stuck") else "failed"
-        detail = {"completed": f"Completed in {span(duration)}; see the thread."}.get(
-            parent_state, f"Ended as {status} after {span(duration)}; see the thread."
-        )
+        detail = create_ended_detail(parent_state, status, duration)
         mids = [
             deps.outbox.post(
                 s, w.channel, reply, thread_from=w.parent_ts, key=f"watch:{w.id}:reply"

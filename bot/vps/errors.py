@@ -11,10 +11,11 @@ One tree, so callers can catch as broadly or as narrowly as they need:
         └── VpsInconsistent  an answer that contradicts itself (one snapshot id listed
                              on two servers): nothing can be acted on safely
 
-`str()` of every error is a short English sentence meant for logs and, through
-`bot/core/errors.py`, for the user. None of them ever carries the API token or the
-Authorization header: the client builds them from the method, the path and the
-provider's reason only (and redacts the token should the provider echo it).
+`str()` of every error is a short English sentence meant for logs; what the user
+reads comes from `bot.user_messages.describe()`, the one translation of errors.
+None of them ever carries the API token or the Authorization header: the client
+builds them from the method, the path and the provider's reason only (and redacts
+the token should the provider echo it).
 """
 
 from __future__ import annotations

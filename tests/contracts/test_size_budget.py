@@ -7,8 +7,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 FOLDERS = ("bot", "storage")
 SKIP = {"migrations"}  # Alembic revisions are history, not design
@@ -99,11 +97,6 @@ def test_the_walk_skips_migrations_and_reads_every_other_module(tmp_path):
     ]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue #15 in progress: bot/config.py, bot/vps/client.py and "
-    "bot/listeners/views/__init__.py are still being split; drop this mark once it passes",
-)
 def test_no_module_class_or_function_in_bot_or_storage_is_over_budget():
     found = budget_report()
     assert found == [], "over the size budget:\n  " + "\n  ".join(found)

@@ -491,7 +491,7 @@ def test_checkpoint_after_a_restore_verifies_then_catches_a_cut_tail(tmp_path, m
                 select(AuditEvent.id).where(AuditEvent.action == "provider.restore")
             ).scalar_one()
         assert restored <= count
-        key = s.settings.audit_key
+        key = s.settings.audit_key.get_secret_value()
     finally:
         s.stop()
 

@@ -594,7 +594,7 @@ def test_postgres_connections_killed_mid_run_cost_at_most_an_error_then_all_work
         wait_settled(stack)
         assert len(stack.slack.thread(parent.channel, parent.ts)) == 1
         assert stack.sim.state.calls[CREATE] == 1
-        assert verify(stack.runtime.engine, stack.settings.audit_key.encode()).ok
+        assert verify(stack.runtime.engine, stack.settings.audit_key.get_secret_value().encode()).ok
     finally:
         stack.stop()
         admin.dispose()
@@ -685,7 +685,7 @@ def test_sqlite_under_sixteen_concurrent_writers_never_says_database_is_locked(t
         assert Counter(a.request_id for a in approvals) == Counter({r: 3 for r in requests})
         assert stack.sim.state.calls[RESTORE] == 4
         assert {r.state for r in requests_of(engine)} <= {"succeeded", "failed"}
-        result = verify(engine, stack.settings.audit_key.encode())
+        result = verify(engine, stack.settings.audit_key.get_secret_value().encode())
         assert result.ok, result.broken
     finally:
         if second is not None:
@@ -899,12 +899,12 @@ def test_the_secret_scan_finds_a_token_planted_in_logs_database_and_slack(tmp_pa
 
     stack = LocalStack(database_url=f"sqlite:///{tmp_path / 'planted.db'}").start()
     try:
-        token = stack.settings.vps_api_token
+        token = stack.settings.vps_api_token.get_secret_value()
         watched = secret_scan._live[id(stack)]
         assert secret_scan.scan_stack(watched) == []
         auditing.record(stack.deps, Actor(user="U1"), "drill.plant", "ok", detail=f"oops {token}")
         stack.slack.reset()
-        stack.user("U1").command(f"restore 801 {stack.settings.slack_bot_token}")
+        stack.user("U1").command(f"restore 801 {stack.settings.slack_bot_token.get_secret_value()}")
         wait_settled(stack)
         found = secret_scan.scan_stack(watched)
         assert any("VPS_API_TOKEN found in audit_event" in f for f in found), found
@@ -913,7 +913,9 @@ def test_the_secret_scan_finds_a_token_planted_in_logs_database_and_slack(tmp_pa
         assert secret_scan.scan_stack(watched) == []  # incremental: each row read once
         import logging
 
-        logging.getLogger("drill").warning("leaked %s", stack.settings.slack_signing_secret)
+        logging.getLogger("drill").warning(
+            "leaked %s", stack.settings.slack_signing_secret.get_secret_value()
+        )
         logs = secret_scan._scan_logs(caplog.records, secret_scan.secrets_of(stack))
         assert logs == ["SLACK_SIGNING_SECRET found in a log record of drill"]
     finally:

@@ -396,3 +396,23 @@ def test_the_incident_channel_hears_of_the_failure(start):
         lambda: any("was not completed within" in t for t in incident_texts(stack)),
         what=f"the failure in {INCIDENT_CHANNEL}",
     )
+
+
+def test_room_is_never_made_by_deleting_another_open_requests_target(start):
+    stack = start()
+    oldest, second, _ = seed_full_server(stack)
+    stack.user("UCAROL").command(f"restore {oldest} the oldest one, please")
+    request_message(stack, 1)
+    open_request(stack, n=2)
+    assert load(stack, 2).evict_snapshot_id == second  # not #1's target
+
+
+def test_a_safety_snapshot_times_out_even_while_the_provider_cannot_be_read(start):
+    stack = start(safety_snapshot_timeout_minutes=0.01)
+    message = open_request(stack)
+    approve(stack, message)
+    safety_in_progress(stack)
+    stack.sim.state.fail_next(10**6, 503)
+    req = wait_state(stack, "failed")
+    assert "was not completed within" in req.outcome_detail
+    assert calls(stack, RESTORE) == 0

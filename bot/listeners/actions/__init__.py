@@ -10,6 +10,7 @@ from bot.listeners import inbound
 from bot.services import auditing, dispatch, door
 from bot.services.actors import Actor
 from bot.services.deps import Deps
+from bot.services.restores import confirm
 
 
 def action_payload(body: dict, action: dict) -> dict:
@@ -68,7 +69,12 @@ def register(app: App, deps: Deps) -> None:
             )
         else:
             kind = dispatch.button_job(payload["action_id"], payload["value"])
-            door.accept(deps, kind, payload, delivery_key=context.get("delivery_key"))
+            # An allowed approver's Approve opens the typed confirmation here, inside
+            # the trigger_id's 3 s (SPEC 9.3); every other press is queued as it is.
+            if kind != "restore.approve" or not confirm.open_confirmation(
+                deps, payload, delivery_key=context.get("delivery_key")
+            ):
+                door.accept(deps, kind, payload, delivery_key=context.get("delivery_key"))
         ack()
 
     for action_id in ids.ACTION_IDS:

@@ -8,14 +8,13 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime
 
-from bot.blocks.answers import error_message, text_message
-from bot.blocks.format import mention
+from bot.blocks.answers import text_message
 from bot.blocks.notices import (
     request_approved_notice,
     request_decided_notice,
     request_expired_notice,
 )
-from bot.blocks.refusals import click_not_on_request
+from bot.blocks.refusals import click_not_on_request, decision_answer, request_not_found
 from bot.blocks.restore import request_decided_note, request_expired_note
 from bot.core import approval
 from bot.services.actors import Actor
@@ -185,7 +184,9 @@ def _decide_rejection(
         fresh = repo.get_restore_request(s, request_id=request_id)
         decision = approval.Decision(
             approval.Verdict.CLOSED,
-            f"This request was already {fresh.state} by {mention(fresh.decided_by)}.",
+            closed_state=approval.State(fresh.state),
+            decided_by=fresh.decided_by,
+            lost_race=True,
         )
     action = "restore.cancel" if decision.verdict == approval.Verdict.CANCEL else "restore.reject"
     audit(deps, s, actor, action, decision.outcome, target=target, detail=decision.verdict.value)
@@ -229,9 +230,7 @@ def _not_decided(deps: Deps, actor: Actor, request_id: int, req: RestoreRequest 
     answer(
         deps,
         actor,
-        click_not_on_request(request_id)
-        if req is not None
-        else error_message(f"Restore request #{request_id} does not exist."),
+        click_not_on_request(request_id) if req is not None else request_not_found(request_id),
     )
 
 
@@ -249,7 +248,7 @@ def answer_decision(deps: Deps, actor: Actor, req, decision: approval.Decision) 
             {
                 "channel": req.channel or actor.channel,
                 "user": actor.user,
-                **text_message(decision.message + note),
+                **text_message(decision_answer(decision) + note),
             },
         )
     deps.outbox.flush([mid])

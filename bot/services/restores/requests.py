@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from bot.blocks.answers import error_message, error_mrkdwn
 from bot.blocks.notices import request_opened_notice, request_unposted_notice
-from bot.blocks.refusals import cannot_post, request_already_open
+from bot.blocks.refusals import cannot_post, refusal_text, request_already_open
 from bot.blocks.restore import request_unposted, restore_request
 from bot.blocks.safety import no_room_refusal, undo_reason
 from bot.core import approval
@@ -25,8 +25,7 @@ from bot.services.messaging import (
     permalink,
     request_key,
 )
-from bot.user_messages import describe
-from bot.vps.errors import VpsError, VpsNotFound
+from bot.vps.errors import VpsError
 from bot.vps.models import Snapshot
 from storage import repositories as repo
 from storage.db import session_scope
@@ -55,8 +54,8 @@ def request_restore(
             "restore.request",
             "denied",
             target=target,
-            detail=str(exc),
-            answer=error_message(str(exc)),
+            detail=refusal_text(exc),
+            answer=error_message(refusal_text(exc)),
         )
         return
     except NoRoom:
@@ -87,11 +86,9 @@ def request_restore(
 def restorable(snap: Snapshot | None, snapshot_id: int) -> Snapshot:
     """The snapshot, if a restore may be asked of it; NotRestorable otherwise."""
     if snap is None:
-        raise NotRestorable(describe(VpsNotFound(kind="snapshot", ident=snapshot_id)))
+        raise NotRestorable(snapshot_id)
     if not snap.is_completed:
-        raise NotRestorable(
-            f"Snapshot {snap.name} is {snap.status}; only a completed snapshot can be restored."
-        )
+        raise NotRestorable(snapshot_id, snap.name, snap.status)
     return snap
 
 
@@ -115,7 +112,10 @@ def safety_plan(
         return SafetyPlan(Plan.OPTED_OUT, newer=newer)
     if not deps.settings.restore_safety_snapshot:
         return SafetyPlan(Plan.OFF, newer=newer)
-    return SafetyPlan(Plan.ON, evict=eviction_candidate(on_server, snap.id), newer=newer)
+    # Never make room by deleting what another open request is about to restore.
+    with session_scope(deps.engine, readonly=True) as s:
+        held = {r.snapshot_id for r in repo.active_requests_for_server(s, server_id=snap.server.id)}
+    return SafetyPlan(Plan.ON, evict=eviction_candidate(on_server, snap.id, held), newer=newer)
 
 
 def _open(

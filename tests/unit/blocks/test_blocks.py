@@ -20,11 +20,14 @@ from bot.blocks.restore import restore_request, thread_note
 from bot.blocks.snapshots import (
     CREATE_ESTIMATE,
     RUNNING_SERVER_ADVICE,
+    create_ended_detail,
     create_message,
     create_modal,
+    create_started_detail,
     create_thread_reply,
     delete_prompt,
     limit_reached,
+    snapshot_deleted,
     snapshot_list,
 )
 from bot.core import commands as cmd
@@ -209,6 +212,25 @@ def test_the_create_thread_reply_is_valid_for_every_outcome(status, name):
         snapshot_id=802,
     )
     assert "<@U1>" in assert_sendable(payload)["text"][:200]
+
+
+def test_a_create_message_detail_while_running_and_once_ended():
+    assert create_started_detail(None) == f"{CREATE_ESTIMATE} {RUNNING_SERVER_ADVICE}"
+    assert create_started_detail("Provider says 2 min.") == (
+        f"Provider says 2 min. {RUNNING_SERVER_ADVICE}"
+    )
+    took = timedelta(minutes=7)
+    assert create_ended_detail("completed", "completed", took) == (
+        "Completed in 7 min; see the thread."
+    )
+    assert create_ended_detail("failed", "error", took) == (
+        "Ended as error after 7 min; see the thread."
+    )
+
+
+def test_a_deletion_is_confirmed_with_who_deleted_it():
+    shown = assert_sendable(snapshot_deleted(801, "UBOB"))
+    assert shown["text"] == ":wastebasket: Snapshot 801 deleted by <@UBOB>."
 
 
 @pytest.mark.parametrize("oldest", ["weekly-snapshot-2025-01-08", LONG, MARKUP])

@@ -1,4 +1,4 @@
-"""bot/config.py: defaults, .env handling, validation, and secrets kept out of errors."""
+"""bot/config: defaults, .env handling, validation, and secrets kept out of errors."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from bot.config import ConfigError, Settings, load_or_exit, load_settings
 
@@ -46,9 +47,9 @@ def assert_no_secret(text: str) -> None:
 
 def test_minimal_environment_gets_every_default() -> None:
     s = load(MINIMAL)
-    assert s.slack_bot_token == BOT_TOKEN
-    assert s.slack_signing_secret == SIGNING_SECRET
-    assert s.vps_api_token == VPS_TOKEN
+    assert s.slack_bot_token.get_secret_value() == BOT_TOKEN
+    assert s.slack_signing_secret.get_secret_value() == SIGNING_SECRET
+    assert s.vps_api_token.get_secret_value() == VPS_TOKEN
     assert s.slack_app_token is None
     assert s.audit_key is None
     assert s.slack_api_url == "https://slack.com/api/"
@@ -109,7 +110,7 @@ def test_every_variable_is_read() -> None:
             "LOG_LEVEL": "debug",
         }
     )
-    assert s.socket_mode and s.slack_app_token == APP_TOKEN
+    assert s.socket_mode and s.slack_app_token.get_secret_value() == APP_TOKEN
     assert s.slack_api_url == "http://localhost:8001/api/"
     assert s.vps_api_url == "http://127.0.0.1:8002/api/v1/"
     assert s.database_url == "sqlite:////var/lib/snapbot/db.sqlite"
@@ -118,7 +119,7 @@ def test_every_variable_is_read() -> None:
     assert s.snapshot_approvers == frozenset({"U04DDD"})
     assert s.restore_approvals == 2
     assert s.approval_ttl == timedelta(minutes=30)
-    assert s.audit_key == AUDIT_KEY
+    assert s.audit_key.get_secret_value() == AUDIT_KEY
     assert s.poll_seconds == 2.5
     assert s.lease_seconds == 10.0
     assert (s.port, s.host, s.log_level) == (8080, "127.0.0.1", "DEBUG")
@@ -163,9 +164,9 @@ def test_env_file_is_read_and_the_environment_wins(tmp_path) -> None:
         "# a comment\n"
     )
     s = load_settings({"PORT": "5000"}, env_file=env_file)
-    assert s.slack_bot_token == BOT_TOKEN
-    assert s.slack_signing_secret == SIGNING_SECRET
-    assert s.vps_api_token == VPS_TOKEN
+    assert s.slack_bot_token.get_secret_value() == BOT_TOKEN
+    assert s.slack_signing_secret.get_secret_value() == SIGNING_SECRET
+    assert s.vps_api_token.get_secret_value() == VPS_TOKEN
     assert s.port == 5000
     assert s.log_level == "WARNING"
 
@@ -211,7 +212,7 @@ def test_socket_mode_does_not_need_a_signing_secret() -> None:
 
 def test_commands_without_slack_need_no_tokens() -> None:
     s = load({"DATABASE_URL": "sqlite:///audit.db"}, require_slack=False)
-    assert s.slack_bot_token == "" and s.vps_api_token == ""
+    assert s.slack_bot_token.get_secret_value() == "" and s.vps_api_token.get_secret_value() == ""
     assert s.slack_signing_secret is None
     assert s.database_url == "sqlite:///audit.db"
 
@@ -453,7 +454,7 @@ def test_env_example_with_its_placeholders_replaced_is_a_working_configuration(t
     filled = tmp_path / ".env"
     filled.write_text(real, encoding="utf-8")
     s = load_settings({}, env_file=filled)
-    assert s.slack_bot_token == "xoxb-real-value-4242" and not s.socket_mode
+    assert s.slack_bot_token.get_secret_value() == "xoxb-real-value-4242" and not s.socket_mode
 
 
 def test_env_example_documents_the_web_threads_the_code_defaults_to() -> None:
@@ -499,3 +500,40 @@ def test_bad_safety_settings_are_each_named_on_one_line() -> None:
     assert "SAFETY_SNAPSHOT_TIMEOUT_MINUTES must be a number of minutes above 0" in text
     assert "RESTORE_CONFIRM must be typed or button" in text
     assert text.index("RESTORE_SAFETY_SNAPSHOT") < text.index("RESTORE_CONFIRM")
+
+
+# --- pydantic-settings underneath ---------------------------------------------------------
+
+
+def test_secrets_are_secret_str_and_masked_even_in_their_own_repr() -> None:
+    s = load({**MINIMAL, "AUDIT_KEY": AUDIT_KEY})
+    for name in ("slack_bot_token", "slack_signing_secret", "vps_api_token", "audit_key"):
+        assert isinstance(getattr(s, name), SecretStr)
+        assert_no_secret(repr(getattr(s, name)))
+    assert set(s.secrets()) == {BOT_TOKEN, SIGNING_SECRET, VPS_TOKEN, AUDIT_KEY}
+
+
+def test_replace_keeps_the_secrets() -> None:
+    s = load(MINIMAL).replace(port=8080)
+    assert s.slack_bot_token.get_secret_value() == BOT_TOKEN and s.port == 8080
+
+
+def test_settings_built_directly_ignore_the_environment(monkeypatch) -> None:
+    monkeypatch.setenv("PORT", "3999")
+    monkeypatch.setenv("port", "3999")
+    assert Settings(slack_bot_token="xoxb-t", vps_api_token="t").port == 3000
+
+
+def test_variable_names_are_case_sensitive(tmp_path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("port=4000\n")
+    assert load_settings({**MINIMAL, "log_level": "DEBUG"}, env_file=env_file).port == 3000
+
+
+def test_an_env_file_that_is_not_utf8_is_named_with_the_rest(tmp_path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_bytes(b"PORT=\xff\xfe\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"PORT": "0"}, env_file=env_file)
+    assert caught.value.problems[-1].endswith("cannot be read: it is not UTF-8")
+    assert caught.value.problems[0].startswith("SLACK_BOT_TOKEN is required")

@@ -13,8 +13,10 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+import stamina
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from stamina.instrumentation import RetryDetails, set_on_retry_hooks
 
 from bot.vps import (
     RestoreResult,
@@ -51,7 +53,7 @@ def sim() -> Iterator[SimHandle]:
 
 @pytest.fixture
 def client(sim: SimHandle) -> Iterator[VpsClient]:
-    with VpsClient(sim.url, TOKEN, retries=2, backoff_base=0) as vps:
+    with VpsClient(sim.url, TOKEN, retries=2) as vps:
         yield vps
 
 
@@ -136,7 +138,7 @@ def test_resolve_server_with_an_unknown_name_is_not_found(client: VpsClient) -> 
 
 def test_a_rejected_token_is_an_auth_error_that_names_the_setting(sim: SimHandle) -> None:
     with (
-        VpsClient(sim.url, "wrong-token", retries=2, backoff_base=0) as vps,
+        VpsClient(sim.url, "wrong-token", retries=2) as vps,
         pytest.raises(VpsAuthError) as caught,
     ):
         vps.list_snapshots()
@@ -222,7 +224,7 @@ def test_an_unreachable_provider_is_unavailable_and_nothing_changed() -> None:
     with start_simulator() as gone:
         url = gone.url
     with (
-        VpsClient(url, TOKEN, retries=1, backoff_base=0) as vps,
+        VpsClient(url, TOKEN, retries=1) as vps,
         pytest.raises(VpsUnavailable) as caught,
     ):
         vps.create_snapshot(12345, "never-sent")
@@ -290,17 +292,12 @@ UNAVAILABLE = httpx.Response(503, text="Service Unavailable")
 
 
 @pytest.fixture
-def sleeps() -> list[float]:
-    return []
-
-
-@pytest.fixture
 def make(sleeps: list[float]) -> Callable[..., tuple[VpsClient, Provider]]:
     clients: list[VpsClient] = []
 
     def factory(provider: Provider | None = None, **options: Any) -> tuple[VpsClient, Provider]:
         provider = provider or Provider()
-        options = {"retries": 3, "backoff_base": 0.2, "sleep": sleeps.append, **options}
+        options = {"retries": 3, "backoff_base": 0.2, **options}
         vps = VpsClient(BASE, TOKEN, transport=httpx.MockTransport(provider), **options)
         clients.append(vps)
         return vps, provider
@@ -789,3 +786,35 @@ def test_a_provider_on_this_machine_is_never_sent_through_a_proxy(monkeypatch) -
     assert _environment_proxy("https://admin.vps.org/api/v1/") == "http://proxy.example:3128"
     monkeypatch.setenv("NO_PROXY", "admin.vps.org")
     assert _environment_proxy("https://admin.vps.org/api/v1/") is None
+
+
+def test_outside_test_mode_stamina_waits_what_the_policy_chose(make, sleeps) -> None:
+    waited: list[float] = []
+
+    def record(details: RetryDetails) -> None:
+        waited.append(details.wait_for)
+
+    vps, provider = make(
+        Provider().on("GET", "snapshots/", UNAVAILABLE, UNAVAILABLE, OK_LIST),
+        backoff_base=0.02,
+        backoff_cap=0.03,
+    )
+    set_on_retry_hooks([record])
+    try:
+        with stamina.set_testing(False):
+            assert [s.id for s in vps.list_snapshots()] == [801]
+    finally:
+        set_on_retry_hooks(None)
+    assert provider.calls("GET", "snapshots/") == 3
+    assert waited == pytest.approx(sleeps) and len(sleeps) == 2
+    assert 0 <= sleeps[0] <= 0.02 and 0 <= sleeps[1] <= 0.03
+
+
+def test_a_write_that_may_have_been_applied_is_not_retried_and_no_wait_is_chosen(
+    make, sleeps
+) -> None:
+    vps, provider = make(Provider().on("POST", "snapshots/801/restore/", UNAVAILABLE))
+    with pytest.raises(VpsUnavailable) as caught:
+        vps.restore_snapshot(801)
+    assert provider.calls("POST", "snapshots/801/restore/") == 1
+    assert caught.value.nothing_changed is False and sleeps == []

@@ -52,7 +52,13 @@ def no_room_refusal(server_name: str) -> dict:
 # --- the thread, as the steps are taken ---------------------------------------------------------
 
 
-def safety_evicted_note(req) -> dict:
+def safety_evicted_note(req, *, already_gone: bool = False) -> dict:
+    if already_gone:  # a restart, or someone else: the list no longer has it
+        return thread_note(
+            f":wastebasket: *{escape(req.evict_snapshot_name)}* (ID `{req.evict_snapshot_id}`), "
+            "named to make room for the safety snapshot, is already gone (deleted before "
+            "snapbot restarted, or by someone else)."
+        )
     return thread_note(
         f":wastebasket: Deleted *{escape(req.evict_snapshot_name)}* (ID "
         f"`{req.evict_snapshot_id}`) to make room for the safety snapshot."

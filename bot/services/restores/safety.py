@@ -121,6 +121,9 @@ def _evict(deps: Deps, req: RestoreRequest) -> bool:
         fail(deps, req, safety_failure("list", req, describe(exc)))
         return False
     action = eviction_at_execution(listed, req.evict_snapshot_id)
+    # The named snapshot is not listed and a slot is free: a process that died
+    # mid-step deleted it (or someone else did); audited and told all the same.
+    gone = action == Eviction.NONE and req.evict_snapshot_id not in (None, *(s.id for s in listed))
     if action == Eviction.CHANGED:
         fail(deps, req, safety_failure("changed", req))
         return False
@@ -137,10 +140,7 @@ def _evict(deps: Deps, req: RestoreRequest) -> bool:
             s, request_id=req.id, from_step=Step.EVICT, to_step=Step.CREATE, now=deps.clock()
         )
         mid = None
-        gone = req.evict_snapshot_id is not None and action == Eviction.NONE
         if moved and (action == Eviction.DELETE or gone):
-            # Gone already: deleted by a process that died before storing the step
-            # (or by someone else); either way it is not deleted twice.
             audit(
                 deps,
                 s,
@@ -148,12 +148,13 @@ def _evict(deps: Deps, req: RestoreRequest) -> bool:
                 "safety.evict",
                 "ok",
                 target=f"request:{req.id} snapshot:{req.evict_snapshot_id} server:{req.server_id}",
-                detail=req.evict_snapshot_name + (" (already gone)" if gone else ""),
+                detail=req.evict_snapshot_name
+                + (" (already gone: deleted before a restart, or by someone else)" if gone else ""),
             )
             mid = deps.outbox.post(
                 s,
                 req.channel,
-                safety_evicted_note(req),
+                safety_evicted_note(req, already_gone=gone),
                 thread_from=request_key(req.id),
                 key=thread_key(req.id, "safety-evicted"),
             )
@@ -232,11 +233,22 @@ def _safety_watch(req: RestoreRequest, snapshot_id: int, status: str, now: datet
 def safety_ended(deps: Deps, w: Watch, status: str, now: datetime) -> None:
     """The watcher saw the safety snapshot end as ``status`` (``completed``, another
     terminal status, ``gone``, or ``timeout``): restore now, or fail loudly."""
+    if status != "completed":
+        # Failed before the watch ends: a process killed in between leaves the watch
+        # on, and the next poll fails the request (else it stays safeguarding for ever).
+        with session_scope(deps.engine, readonly=True) as s:
+            req = repo.get_restore_request(s, request_id=w.request_id)
+        if req is not None:
+            timeout = deps.settings.safety_snapshot_timeout
+            fail(deps, req, safety_failure(status, req, timeout=timeout))
+        with session_scope(deps.engine) as s:
+            repo.finish_watch(s, watch_id=w.id, final_status=status, now=now)
+        return
     with session_scope(deps.engine) as s:
         if not repo.finish_watch(s, watch_id=w.id, final_status=status, now=now):
             return
         req = repo.get_restore_request(s, request_id=w.request_id)
-        ready = status == "completed" and repo.move_safety_step(
+        ready = repo.move_safety_step(
             s, request_id=w.request_id, from_step=Step.WATCH, to_step=Step.READY, now=now
         )
         mid = None
@@ -249,13 +261,8 @@ def safety_ended(deps: Deps, w: Watch, status: str, now: datetime) -> None:
                 key=thread_key(req.id, "safety-completed"),
             )
     deps.outbox.flush([mid])
-    if req is None:
-        return
     if ready:
         take_steps(deps, req.id)
-    elif status != "completed":
-        timeout = deps.settings.safety_snapshot_timeout
-        fail(deps, req, safety_failure(status, req, timeout=timeout))
 
 
 def fail(deps: Deps, req: RestoreRequest, why: str) -> None:

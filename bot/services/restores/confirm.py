@@ -26,6 +26,7 @@ from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler
 
 from bot.blocks import ids
 from bot.blocks.answers import error_message
+from bot.blocks.refusals import decision_answer
 from bot.blocks.restore_confirm import (
     CONFIRM_NEEDED,
     CONFIRM_NOT_OPENED,
@@ -211,7 +212,7 @@ def _closed_why(deps: Deps, req, approvals, user: str) -> str | None:
     """Why the request can no longer be approved (decided, cancelled, expired), or None."""
     decision = approval.decide_approval(rules_view(req, approvals), user, deps.policy, deps.clock())
     if decision.verdict in (approval.Verdict.CLOSED, approval.Verdict.EXPIRED):
-        return decision.message
+        return decision_answer(decision)
     return None
 
 

@@ -92,6 +92,8 @@ def stack(tmp_path):
         poll_seconds=0.2,
         audit_key=AUDIT_KEY,
         log_level="DEBUG",
+        # The restore takes its safety snapshot (SPEC 9) on the way; Approve at once.
+        restore_confirm="button",
     )
     s.runtime = build_runtime(settings, poll_interval=0.2)
     s.server, _ = serve_wsgi(WebApp(s.runtime))

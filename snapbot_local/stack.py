@@ -10,6 +10,7 @@ SLACK_APP_TOKEN is set) connects to the fake Slack's WebSocket endpoint
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import secrets
@@ -269,6 +270,13 @@ class LocalStack:
 
     def stop(self) -> None:
         if self.handler is not None:
+            # The client's reader holds its lock through a 3 s receive timeout; hanging
+            # up from the server side first (reconnecting turned off) ends it at once.
+            self.handler.client.closed = True
+            self.handler.client.auto_reconnect_enabled = False
+            if self.socket is not None:
+                with contextlib.suppress(Exception):
+                    self.socket.drop()
             self.handler.close()
         if self.server is not None:
             self.server.shutdown()

@@ -12,7 +12,7 @@ from slack_sdk.models.blocks import ActionsBlock, Block, ButtonElement, ConfirmO
 
 from bot.blocks import ids
 from bot.blocks.answers import error_mrkdwn
-from bot.blocks.format import age, clip, escape, mention, span, when
+from bot.blocks.format import age, clip, escape, from_now, local_time, mention, span, when
 from bot.blocks.kit import context, payload, section, thread_note
 from bot.blocks.refusals import cannot_post
 from bot.blocks.safety import plan_lines, undo_blocks
@@ -69,7 +69,7 @@ def restore_request(
     blocks += [section(_request_head(req, now)), section(_request_body(req, now, plan[1:]))]
     state = req.state
     if req.state == "pending":
-        blocks += _pending_blocks(req, approvals, typed=typed)
+        blocks += _pending_blocks(req, approvals, now, typed=typed)
     else:
         state, line = _outcome_line(req, approvals, ended)
         blocks.append(section(line))
@@ -117,7 +117,7 @@ def _request_body(req, now: datetime, plan: list[str]) -> str:
     return "\n".join(lines + [line for line in plan if line])
 
 
-def _pending_blocks(req, approvals: list[str], *, typed: bool) -> list[Block]:
+def _pending_blocks(req, approvals: list[str], now: datetime, *, typed: bool) -> list[Block]:
     """Who has approved so far, and the two buttons."""
     got = ", ".join(mention(a) for a in approvals) or "none yet"
     approve = ButtonElement(
@@ -131,7 +131,9 @@ def _pending_blocks(req, approvals: list[str], *, typed: bool) -> list[Block]:
             title="Approve this restore?",
             text=clip(
                 f"{escape(req.server_name)} will be overwritten with snapshot "
-                f"{escape(req.snapshot_name)}.",
+                f"{escape(req.snapshot_name)}: everything written to it since "
+                f"{when(req.snapshot_created_at)} is lost"
+                + (", but a safety snapshot is taken first." if req.safety_plan == "on" else "."),
                 300,
             ),
             confirm="Approve",
@@ -142,7 +144,8 @@ def _pending_blocks(req, approvals: list[str], *, typed: bool) -> list[Block]:
     return [
         context(
             f"Needs {req.required_approvals} approval(s) from someone other than the requester "
-            f"· approvals: {got} · expires {when(req.expires_at)}"
+            f"· approvals: {got} · expires {local_time(req.expires_at)} "
+            f"({from_now(req.expires_at, now)})"
         ),
         ActionsBlock(block_id=f"request_{req.id}", elements=[approve, reject]),
     ]

@@ -267,6 +267,7 @@ def finish_and_check(d: SafetyDeployment, rid: int, message, *, evicted: int | N
 # --- the drills ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a restart drill at every step: after the README suite, in CI
 def test_killed_after_the_eviction_the_survivor_creates_and_restores_once(deploy):
     d = deploy
     oldest = seed_full_server(d.sim)
@@ -322,6 +323,7 @@ def test_killed_before_the_create_was_stored_the_survivor_finds_it_by_name(deplo
     finish_and_check(d, rid, message)
 
 
+@pytest.mark.slow  # a restart drill at every step: after the README suite, in CI
 def test_killed_while_the_safety_snapshot_is_in_progress_the_survivor_watches_it(deploy):
     d = deploy
     a = d.procs[0]
@@ -347,6 +349,7 @@ def test_killed_while_the_safety_snapshot_is_in_progress_the_survivor_watches_it
     finish_and_check(d, rid, message)
 
 
+@pytest.mark.slow  # a restart drill at every step: after the README suite, in CI
 def test_killed_during_the_restore_call_it_is_reconciled_not_called_again(deploy):
     d = deploy
     a = d.procs[0]
@@ -375,6 +378,7 @@ def test_killed_during_the_restore_call_it_is_reconciled_not_called_again(deploy
     assert_once(d, rid)
 
 
+@pytest.mark.slow  # a restart drill at every step: after the README suite, in CI
 def test_killed_after_the_safety_snapshot_completed_before_the_restore_call(deploy):
     """The step `ready` stored, the restore not yet called (the target's re-read held):
     the survivor claims the step again and calls restore, once."""
@@ -402,6 +406,7 @@ def test_killed_after_the_safety_snapshot_completed_before_the_restore_call(depl
     assert_once(d, rid)
 
 
+@pytest.mark.slow  # a restart drill at every step: after the README suite, in CI
 def test_killed_while_failing_on_a_failed_safety_snapshot_the_survivor_fails_it(deploy):
     """The safety snapshot failed; its watch was ended and the process killed before the
     request was failed (while it asked Slack for the request's permalink): the request

@@ -211,15 +211,17 @@ def hold_snapshot_lookups(stack: LocalStack, monkeypatch, parties: int) -> None:
     barrier = threading.Barrier(parties, timeout=30)
     held_so_far = iter(range(parties))
     vps = stack.deps.vps
-    real = vps.find_snapshot
+    real = vps.list_snapshots
 
-    def held(*args, **kwargs):
-        found = real(*args, **kwargs)
-        if next(held_so_far, None) is not None:  # later lookups (the restore's) pass
+    def held(server_id=None, **kwargs):
+        # A request looks its snapshot up in the whole list; the execution's re-read
+        # (one server's list) and later lookups pass.
+        found = real(server_id, **kwargs)
+        if server_id is None and next(held_so_far, None) is not None:
             barrier.wait()
         return found
 
-    monkeypatch.setattr(vps, "find_snapshot", held)
+    monkeypatch.setattr(vps, "list_snapshots", held)
 
 
 def ephemeral_texts(stack: LocalStack, user: str) -> list[str]:

@@ -31,7 +31,9 @@ RESTORE = "POST snapshots/{id}/restore/"
 DELETE = "DELETE snapshots/{id}/"
 
 
-@pytest.fixture(params=["http", "socket"])
+# Over Socket Mode too; those variants run with the slow ones (CI, after the README
+# suite), which keeps the README's command under its 5 minutes on 2 cores.
+@pytest.fixture(params=["http", pytest.param("socket", marks=pytest.mark.slow)])
 def transport(request) -> str:
     return request.param
 

@@ -39,7 +39,9 @@ OLDER = 798  # seeded: weekly-snapshot-2025-01-08 of the same server
 SERVER_NAME = "web-server-01"
 
 
-@pytest.fixture(params=["http", "socket"])
+# Over Socket Mode too; those variants run with the slow ones (CI, after the README
+# suite), which keeps the README's command under its 5 minutes on 2 cores.
+@pytest.fixture(params=["http", pytest.param("socket", marks=pytest.mark.slow)])
 def start(request, sqlite_url):
     stacks: list[LocalStack] = []
 

@@ -324,8 +324,14 @@ def step_approve(story: Story, memo: Memo) -> str:
     expect(BOB not in story.approvers(1), "the wrong name counted as bob's approval")
     story.type_confirmation(BOB, view, f" {SERVER} ", memo.request)
     story.reply(memo.request, "Taking the safety snapshot `pre-restore-r1`")
-    expect(story.stack.restore_calls == 0, "the restore started before its safety snapshot")
     story.reply(memo.request, "Restore started", timeout=FINISH_TIMEOUT)
+    thread = [story.text(r) for r in story.fake.thread(memo.request.channel, memo.request.ts)]
+    completed = next((i for i, r in enumerate(thread) if "Safety snapshot" in r), None)
+    started = next(i for i, r in enumerate(thread) if "Restore started" in r)
+    expect(
+        completed is not None and completed < started,
+        "the restore started before its safety snapshot completed:\n" + "\n".join(thread),
+    )
     story.wait(
         lambda: "Approved by @bob" in story.text(story.now(memo.request)),
         "update of the request saying “Approved by @bob”",

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import sys
+import time
 from collections.abc import Callable
 from typing import TextIO
 
@@ -45,7 +46,9 @@ Shell commands:
   /press N  (or just N)   press button N as the current user (Approve asks you to type
                           the server's name, as Slack's confirmation does)
   /as USER                become someone else: a name or an ID ({users})
-  /wait [SECONDS]         wait for news, e.g. a snapshot completing (default {wait:g} s)
+  /wait [SECONDS] [for TEXT]
+                          wait for news, e.g. a snapshot completing (default {wait:g} s);
+                          with "for TEXT", until news saying TEXT arrives
   /help                   this help
   /quit                   leave (so does Ctrl-D)
 The provider simulator takes 3 s per snapshot and per restore."""
@@ -217,32 +220,45 @@ class Shell:
         self.user = user
         self.out(f"You are now {self.names.user(user)} ({user}).")
 
-    def wait(self, seconds: str) -> None:
+    def wait(self, args: str) -> None:
+        """``/wait [SECONDS] [for TEXT]``: until there is news (or, with ``for``, until
+        news saying TEXT has been shown), at most SECONDS."""
+        seconds, _, needle = args.partition("for ")
+        needle = needle.strip()
         try:
-            limit = min(float(seconds), MAX_WAIT) if seconds else DEFAULT_WAIT
+            limit = min(float(seconds), MAX_WAIT) if seconds.strip() else DEFAULT_WAIT
         except ValueError:
-            self.out("Usage: /wait [SECONDS]")
+            self.out("Usage: /wait [SECONDS] [for TEXT]")
             return
-        try:
-            self.stack.slack.wait_for(lambda: self.feed.pending(self.user), limit)
-        except AssertionError:
-            self.out(f"(nothing new in {limit:g} s)")
-            return
-        self.settle()
+        deadline = time.monotonic() + limit
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                self.stack.slack.wait_for(lambda: self.feed.pending(self.user), max(left, 0.01))
+            except AssertionError:
+                said = f"nothing saying “{needle}”" if needle else "nothing new"
+                self.out(f"({said} in {limit:g} s)")
+                return
+            shown = self.settle()
+            if not needle or any(needle in line for line in shown):
+                return
 
     # --- output
 
-    def settle(self) -> None:
-        """Wait until the app has done what it was asked (answers come after the ack)."""
+    def settle(self) -> list[str]:
+        """Wait until the app has done what it was asked (answers come after the ack);
+        the news shown."""
         try:
             self.stack.wait_settled(ANSWER_TIMEOUT)
         except AssertionError:
             self.out(f"(the app is still working after {ANSWER_TIMEOUT:g} s; /wait for more)")
-        self.show_news()
+        return self.show_news()
 
-    def show_news(self) -> None:
-        for line in self.feed.new_lines(self.user):
+    def show_news(self) -> list[str]:
+        lines = self.feed.new_lines(self.user)
+        for line in lines:
             self.out(line)
+        return lines
 
     def say(self, lines: list[str], who: str) -> None:
         for line in speaker(lines, who, width=self.feed.width):

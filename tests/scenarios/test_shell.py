@@ -49,9 +49,7 @@ def test_restore_requested_refused_to_the_requester_then_approved_by_bob_in_the_
         "/press 5",
         "web-server-1",
         " web-server-01 ",
-        "/wait 60",
-        "/wait 60",
-        "/wait 60",
+        "/wait 60 for has left `restoring`",
         "/snapshot audit 30",
         "/quit",
     )
@@ -86,7 +84,7 @@ def test_restore_requested_refused_to_the_requester_then_approved_by_bob_in_the_
     assert "Taking the safety snapshot `pre-restore-r1`" in flat(approved)
     assert "[#incidents] snapbot: ✅ Restore #1 of web-server-01 approved by @bob" in approved
 
-    later = flat(out[out.index("bob@#ops> /wait 60") :])
+    later = flat(out[out.index("bob@#ops> /press 5") :])
     assert later.index("Safety snapshot `pre-restore-r1`") < later.index("Restore started")
     assert "[#incidents] snapbot: 🔄 Restore #1 started" in later
     assert "@alice web-server-01 has left `restoring`" in later
@@ -160,8 +158,7 @@ def test_restore_approvals_from_the_environment_needs_two_approvers_in_the_shell
         "/as carol",
         "/press 1",
         "web-server-01",
-        "/wait 60",
-        "/wait 60",
+        "/wait 60 for Restore started",
         "/snapshot audit 30",
         "/quit",
         env={"RESTORE_APPROVALS": "2"},

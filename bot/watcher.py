@@ -223,7 +223,9 @@ class Duties:
                         repo.note_watch_status(s, watch_id=w.id, status=snap.status, now=now)
         for future in sending:
             if future.exception() is not None:
-                log.warning("a report was not sent yet, the pump retries: %s", future.exception())
+                # A report's message stays queued for the pump; a safety snapshot's end
+                # stays watched, so the next cycle takes it again.
+                log.warning("not done this cycle, retried: %s", future.exception())
 
     def _safety_seen(self, w, snap, now: datetime) -> None:
         """A restore's safety snapshot as listed: completed (restore now), ended

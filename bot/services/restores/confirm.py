@@ -43,7 +43,7 @@ from bot.services.auditing import audit, record
 from bot.services.deps import Deps
 from bot.services.messaging import answer, await_settled, incident_key, request_key
 from bot.services.restores import decisions
-from bot.services.restores.message import request_view, rules_view
+from bot.services.restores.message import request_view, rules_view, typed_confirm
 from storage import repositories as repo
 from storage.db import session_scope
 
@@ -56,10 +56,6 @@ POSTED_WAIT_S = 0.5  # at most, for the request message's ts (at once when it is
 _MAY_APPROVE = (approval.Verdict.RECORD, approval.Verdict.APPROVE)
 
 
-def typed_confirmation(deps: Deps) -> bool:
-    return deps.settings.restore_confirm == TYPED
-
-
 # ------------------------------------------------------------------ the press (listener)
 
 
@@ -67,7 +63,7 @@ def open_confirmation(deps: Deps, payload: dict, *, delivery_key: str | None = N
     """Open the confirmation for an Approve press, if its presser may approve; True
     when it did (or the press was a redelivery of one that did). False: queue the
     press as a job, which answers and audits it as without typed confirmation."""
-    if not typed_confirmation(deps) or not door.is_id(payload.get("value", "")):
+    if not typed_confirm(deps) or not door.is_id(payload.get("value", "")):
         return False
     if deps.installed.team is None or door.turned_away(deps, payload) is not None:
         return False  # the door refuses it, in the job
@@ -228,7 +224,7 @@ def approve_pressed(deps: Deps, actor: Actor, request_id: int, payload: dict) ->
     typed confirmation) goes to ``decisions.approve``. An unconfirmed press that would
     count is refused and audited, asking for another press; any other is refused by
     ``decisions.approve`` exactly as without typed confirmation."""
-    if not typed_confirmation(deps) or payload.get("confirmed") == TYPED:
+    if not typed_confirm(deps) or payload.get("confirmed") == TYPED:
         decisions.approve(deps, actor, request_id)
         return
     decisions.await_posted(deps, actor, request_id)

@@ -33,7 +33,7 @@ def rules_view(req: RestoreRequest, approvals: frozenset[str]) -> approval.Reque
 
 def typed_confirm(deps: Deps) -> bool:
     """Approve opens the typed confirmation (SPEC 9.3) rather than approving at once."""
-    return deps.settings.restore_confirm == "typed"
+    return deps.settings.restore_confirm == "typed"  # bot/services/restores/confirm.py
 
 
 def update_request_message(

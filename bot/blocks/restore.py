@@ -218,3 +218,36 @@ def request_unposted(req, error: str) -> dict:
         f"Your restore request #{req.id} ({escape(req.server_name)} from "
         f"{escape(req.snapshot_name)}) was cancelled: " + cannot_post(error, req.channel)
     )
+
+
+# --- why an execution ended as it did (stored as the request's outcome, then shown) -------------
+
+RESTORE_USUALLY = "A restore usually takes 5-15 minutes."
+RESTORE_STARTED = "The provider is restoring the server."
+
+
+def target_unreadable(why: str) -> str:
+    return f"could not re-read the snapshot: {why}"
+
+
+def target_unusable(status: str | None) -> str:
+    """The re-read target is gone (``None``) or not completed: nothing was restored."""
+    if status is None:
+        return "the snapshot is gone; nothing was restored"
+    return f"the snapshot is {status}, not completed; nothing was restored"
+
+
+def reconciled_restoring(reason: str) -> str:
+    return f"the server is restoring ({reason}; confirmed from the provider)"
+
+
+def reconciled_unknown(reason: str, server_state: str | None) -> str:
+    """An execution whose outcome the provider cannot confirm: never retried."""
+    seen = {
+        None: "the provider does not report server status",
+        "unknown": "the provider could not be asked",
+    }.get(server_state, f"the server is {server_state}")
+    return (
+        f"{reason}; {seen}, so snapbot cannot tell whether the restore started. It will not "
+        "retry: check the server, and open a new request if needed"
+    )

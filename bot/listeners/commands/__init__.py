@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from slack_bolt import Ack, App, BoltContext
 
-from bot.blocks.answers import error_message
+from bot.blocks.answers import WORKING, error_message
 from bot.blocks.help import usage_message
 from bot.core import commands as cmd
 from bot.listeners import inbound
@@ -11,12 +11,6 @@ from bot.services.actors import Actor
 from bot.services.deps import Deps
 
 COMMAND = "/snapshot"
-WORKING = {
-    cmd.ListSnapshots: "Listing snapshots…",
-    cmd.CreateSnapshot: "Creating the snapshot…",
-    cmd.RequestRestore: "Opening a restore request…",
-    cmd.DeleteSnapshot: "Looking the snapshot up…",
-}
 
 
 def command_payload(body: dict) -> dict:

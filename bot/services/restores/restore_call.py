@@ -7,7 +7,16 @@ called again."""
 from __future__ import annotations
 
 from bot.blocks.notices import restore_outcome_notice
-from bot.blocks.restore import restore_outcome_note, restore_unfollowed_note
+from bot.blocks.restore import (
+    RESTORE_STARTED,
+    RESTORE_USUALLY,
+    reconciled_restoring,
+    reconciled_unknown,
+    restore_outcome_note,
+    restore_unfollowed_note,
+    target_unreadable,
+    target_unusable,
+)
 from bot.core import approval
 from bot.services.actors import Actor
 from bot.services.auditing import audit
@@ -27,8 +36,6 @@ from storage import repositories as repo
 from storage.db import session_scope
 from storage.tables import RestoreRequest, Watch
 
-RESTORE_USUALLY = "A restore usually takes 5-15 minutes."
-
 
 def target_problem(deps: Deps, req: RestoreRequest) -> str | None:
     """Why the request's snapshot cannot be restored now (re-read from the provider),
@@ -36,11 +43,9 @@ def target_problem(deps: Deps, req: RestoreRequest) -> str | None:
     try:
         snap = deps.vps.find_snapshot(req.snapshot_id, server_id=req.server_id)
     except VpsError as exc:
-        return f"could not re-read the snapshot: {describe(exc)}"
-    if snap is None:
-        return "the snapshot is gone; nothing was restored"
-    if not snap.is_completed:
-        return f"the snapshot is {snap.status}, not completed; nothing was restored"
+        return target_unreadable(describe(exc))
+    if snap is None or not snap.is_completed:
+        return target_unusable(snap.status if snap is not None else None)
     return None
 
 
@@ -84,7 +89,7 @@ def call_restore(deps: Deps, req: RestoreRequest, from_state: str) -> None:
     except VpsError as exc:
         finish_restore(deps, req, executing, failed, describe(exc), provider_call=True)
         return
-    detail = result.message or "The provider is restoring the server."
+    detail = result.message or RESTORE_STARTED
     finish_restore(deps, req, executing, approval.State.SUCCEEDED, detail, provider_call=True)
 
 
@@ -197,18 +202,13 @@ def reconcile_restore(deps: Deps, request_id: int, *, reason: str) -> None:
             req,
             approval.State.EXECUTING,
             approval.State.SUCCEEDED,
-            f"the server is restoring ({reason}; confirmed from the provider)",
+            reconciled_restoring(reason),
         )
         return
-    seen = {
-        None: "the provider does not report server status",
-        "unknown": "the provider could not be asked",
-    }.get(state, f"the server is {state}")
     finish_restore(
         deps,
         req,
         approval.State.EXECUTING,
         approval.State.INTERRUPTED,
-        f"{reason}; {seen}, so snapbot cannot tell whether the restore started. It will not "
-        "retry: check the server, and open a new request if needed",
+        reconciled_unknown(reason, state),
     )

@@ -35,17 +35,13 @@ def metadata_key(secret: str) -> bytes:
 
 
 def seal(opener: Opener, key: bytes) -> str:
-    body = json.dumps(
-        {
-            "u": opener.user,
-            "c": opener.channel,
-            "n": opener.channel_name,
-            "r": opener.response_url or "",
-        },
-        separators=(",", ":"),
-        sort_keys=True,
-    ).encode()
-    sealed = f"{_b64(body)}.{_b64(_mac(key, body))}"
+    fields = {
+        "u": opener.user,
+        "c": opener.channel,
+        "n": opener.channel_name,
+        "r": opener.response_url or "",
+    }
+    sealed = _seal(fields, key)
     if len(sealed) > MAX_LENGTH:
         # Too long to carry the response_url: answers fall back to an ephemeral.
         return seal(Opener(opener.user, opener.channel, opener.channel_name), key)
@@ -54,6 +50,24 @@ def seal(opener: Opener, key: bytes) -> str:
 
 def unseal(text: str, key: bytes, *, user: str) -> Opener | None:
     """The opener, if ``text`` is metadata this bot sealed for ``user``; else None."""
+    data = _open(text, key, user)
+    if data is None:
+        return None
+    fields = [data.get(k) for k in ("c", "n", "r")]
+    if not all(isinstance(f, str) for f in fields):
+        return None
+    channel, name, url = fields
+    return Opener(user=user, channel=channel, channel_name=name, response_url=url or None)
+
+
+def _seal(fields: dict, key: bytes, purpose: bytes = b"") -> str:
+    """``fields`` as JSON with its HMAC (under ``key``, for ``purpose``), base64url."""
+    body = json.dumps(fields, separators=(",", ":"), sort_keys=True).encode()
+    return f"{_b64(body)}.{_b64(_mac(key, purpose + body))}"
+
+
+def _open(text: str, key: bytes, user: str, purpose: bytes = b"") -> dict | None:
+    """The fields ``_seal`` sealed for ``user`` and ``purpose``, if the seal holds."""
     if not isinstance(text, str) or text.count(".") != 1 or len(text) > MAX_LENGTH:
         return None
     encoded, mac = text.split(".")
@@ -61,7 +75,7 @@ def unseal(text: str, key: bytes, *, user: str) -> Opener | None:
         body, given = _unb64(encoded), _unb64(mac)
     except ValueError:
         return None
-    if not hmac.compare_digest(given, _mac(key, body)):
+    if not hmac.compare_digest(given, _mac(key, purpose + body)):
         return None
     try:
         data = json.loads(body)
@@ -69,11 +83,7 @@ def unseal(text: str, key: bytes, *, user: str) -> Opener | None:
         return None
     if not isinstance(data, dict) or data.get("u") != user or not user:
         return None
-    fields = [data.get(k) for k in ("c", "n", "r")]
-    if not all(isinstance(f, str) for f in fields):
-        return None
-    channel, name, url = fields
-    return Opener(user=user, channel=channel, channel_name=name, response_url=url or None)
+    return data
 
 
 def _mac(key: bytes, body: bytes) -> bytes:
@@ -114,20 +124,16 @@ class Binding:
 
 
 def seal_binding(binding: Binding, key: bytes) -> str:
-    body = json.dumps(
-        {
-            "u": binding.user,
-            "q": binding.request_id,
-            "c": binding.channel,
-            "m": binding.message_ts,
-            "t": binding.thread_ts or "",
-            "n": binding.channel_name,
-            "r": binding.response_url or "",
-        },
-        separators=(",", ":"),
-        sort_keys=True,
-    ).encode()
-    sealed = f"{_b64(body)}.{_b64(_mac(key, _BINDING_PURPOSE + body))}"
+    fields = {
+        "u": binding.user,
+        "q": binding.request_id,
+        "c": binding.channel,
+        "m": binding.message_ts,
+        "t": binding.thread_ts or "",
+        "n": binding.channel_name,
+        "r": binding.response_url or "",
+    }
+    sealed = _seal(fields, key, _BINDING_PURPOSE)
     if len(sealed) > MAX_LENGTH and binding.response_url:
         # Too long to carry the response_url: answers fall back to an ephemeral.
         return seal_binding(replace(binding, response_url=None), key)
@@ -136,20 +142,8 @@ def seal_binding(binding: Binding, key: bytes) -> str:
 
 def unseal_binding(text: str, key: bytes, *, user: str) -> Binding | None:
     """The binding, if ``text`` is one this bot sealed for ``user``; else None."""
-    if not isinstance(text, str) or text.count(".") != 1 or len(text) > MAX_LENGTH:
-        return None
-    encoded, mac = text.split(".")
-    try:
-        body, given = _unb64(encoded), _unb64(mac)
-    except ValueError:
-        return None
-    if not hmac.compare_digest(given, _mac(key, _BINDING_PURPOSE + body)):
-        return None
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return None
-    if not isinstance(data, dict) or data.get("u") != user or not user:
+    data = _open(text, key, user, _BINDING_PURPOSE)
+    if data is None:
         return None
     request_id = data.get("q")
     texts = [data.get(k) for k in ("c", "m", "t", "n", "r")]

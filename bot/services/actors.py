@@ -74,6 +74,17 @@ class GroupCache:
     def groups_of(self, user: str, allowed: authz.Allowed) -> frozenset[str]:
         return frozenset(g for g in authz.groups_of(allowed) if user in self.members(g))
 
+    def cached_groups_of(self, user: str, allowed: authz.Allowed) -> frozenset[str] | None:
+        """``groups_of`` from the cache alone, without asking Slack; None when a group's
+        members are not cached (fresh). For the request path before an ack, which
+        cannot wait on Slack."""
+        now = time.monotonic()
+        with self._lock:
+            hits = {g: self._cache.get(g) for g in authz.groups_of(allowed)}
+        if any(hit is None or now - hit[0] >= self.ttl for hit in hits.values()):
+            return None
+        return frozenset(g for g, hit in hits.items() if user in hit[1])
+
     def unread_note(self, allowed: authz.Allowed) -> str:
         """What a refusal should add when it may be due to Slack, not to the person."""
         groups = sorted(authz.groups_of(allowed))

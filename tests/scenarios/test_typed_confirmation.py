@@ -268,19 +268,22 @@ def test_a_press_on_a_decided_request_or_another_message_gets_no_modal(start):
 
 
 def test_a_press_the_listener_could_not_judge_never_approves_without_the_typed_name(start):
-    # Slack fails the user group's lookup at the click (the listener fails closed: no
-    # modal); by the time the job runs it answers, and the presser may approve. The job
-    # must not approve without the typed name: it asks for another press.
+    # The user group's members are not cached at the click, and the listener asks Slack
+    # nothing before its ack but views.open (the 3 s): no modal. The job looks the group
+    # up, and the presser may approve; it must not approve without the typed name, so
+    # it asks for another press, which finds the group cached and opens the modal.
     stack = start(settings={"snapshot_approvers": "SOPS"})
     stack.slack.usergroups["SOPS"] = ["UOPS"]
     req, message = open_request(stack)
-    stack.slack.fail_next("usergroups.users.list", 1, status=500)
+    stack.deps.groups._cache.clear()  # as after the cache's time is up
+    looked_up = len(stack.slack.calls("usergroups.users.list"))
     press_approve(stack, "UOPS", message)
     wait_for_ephemeral(stack, "UOPS", "Press Approve again")
     stack.wait_settled()
     assert stack.slack.calls("views.open") == []
     assert approvers(stack, req.id) == frozenset() and restore_calls(stack) == 0
     assert audit(stack, "restore.approve") == [("UOPS", "denied", "typed confirmation needed")]
+    assert len(stack.slack.calls("usergroups.users.list")) == looked_up + 1  # by the job
     assert confirm_via_modal(stack, "UOPS", message) == {}
     wait_until(lambda: state_of(stack, req.id) == "succeeded", what="the restore")
 

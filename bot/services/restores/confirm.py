@@ -73,7 +73,11 @@ def open_confirmation(deps: Deps, payload: dict, *, delivery_key: str | None = N
     # may come in that moment: wait a little (not the job's while: the trigger ticks).
     await_settled(deps, posted_keys(deps, actor, request_id), timeout=POSTED_WAIT_S)
     now = deps.clock()
-    groups = deps.groups.groups_of(actor.user, deps.policy.approvers)
+    # Before the ack no Slack call but views.open: user groups not cached send the press
+    # to the job, which looks them up and asks for another press (approve_pressed).
+    groups = deps.groups.cached_groups_of(actor.user, deps.policy.approvers)
+    if groups is None:
+        return False
     with session_scope(deps.engine, readonly=True) as s:
         req, approvals = request_view(s, request_id)
         if req is None or not _may_approve(deps, s, actor, req, approvals, groups):

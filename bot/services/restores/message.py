@@ -9,7 +9,7 @@ from bot.services.deps import Deps
 from bot.services.messaging import RESTORE_ENDED, request_edit_keys, request_key
 from storage import repositories as repo
 from storage.db import session_scope
-from storage.tables import RestoreRequest
+from storage.tables import RestoreRequest, Watch
 
 
 def request_view(
@@ -71,3 +71,24 @@ def refresh_request(deps: Deps, request_id: int) -> None:
         req, approvals = request_view(s, request_id, lock=True)
         mid = update_request_message(deps, s, req, approvals)
     deps.outbox.flush([mid])
+
+
+def request_watch(
+    req: RestoreRequest, *, kind: str, snapshot_id: int, snapshot_name: str, started_at, status: str
+) -> Watch:
+    """A watch that reports into the request's thread: its safety snapshot (``safety``)
+    or its started restore (``restore``)."""
+    return Watch(
+        kind=kind,
+        snapshot_id=snapshot_id,
+        snapshot_name=snapshot_name,
+        server_id=req.server_id,
+        server_name=req.server_name,
+        request_id=req.id,
+        channel=req.channel,
+        parent_ts=request_key(req.id),
+        requester=req.requester,
+        team=req.team,
+        started_at=started_at,
+        last_status=status,
+    )

@@ -29,12 +29,12 @@ from bot.services.messaging import (
     request_key,
     thread_key,
 )
-from bot.services.restores.message import request_view, update_request_message
+from bot.services.restores.message import request_view, request_watch, update_request_message
 from bot.user_messages import describe
 from bot.vps.errors import VpsError, VpsUnavailable
 from storage import repositories as repo
 from storage.db import session_scope
-from storage.tables import RestoreRequest, Watch
+from storage.tables import RestoreRequest
 
 
 def target_problem(deps: Deps, req: RestoreRequest) -> str | None:
@@ -49,18 +49,26 @@ def target_problem(deps: Deps, req: RestoreRequest) -> str | None:
     return None
 
 
+def restorable_request(deps: Deps, request_id: int, state: str) -> RestoreRequest | None:
+    """The request, if it is still ``state`` and its target re-reads as restorable;
+    a target gone or not completed fails it (nothing changed) and gives None."""
+    with session_scope(deps.engine, readonly=True) as s:
+        req = repo.get_restore_request(s, request_id=request_id)
+    if req is None or req.state != state:
+        return None
+    why = target_problem(deps, req)
+    if why is not None:
+        finish_restore(deps, req, state, approval.State.FAILED, why)
+        return None
+    return req
+
+
 def restore_after_safety(deps: Deps, request_id: int) -> None:
     """The safety snapshot completed: re-read the target once more, then the one
     restore call (``safeguarding -> executing`` picks the single caller)."""
-    with session_scope(deps.engine, readonly=True) as s:
-        req = repo.get_restore_request(s, request_id=request_id)
-    if req is None or req.state != approval.State.SAFEGUARDING:
-        return
-    why = target_problem(deps, req)
-    if why is not None:
-        finish_restore(deps, req, approval.State.SAFEGUARDING, approval.State.FAILED, why)
-        return
-    call_restore(deps, req, approval.State.SAFEGUARDING)
+    req = restorable_request(deps, request_id, approval.State.SAFEGUARDING)
+    if req is not None:
+        call_restore(deps, req, approval.State.SAFEGUARDING)
 
 
 def call_restore(deps: Deps, req: RestoreRequest, from_state: str) -> None:
@@ -160,19 +168,13 @@ def follow_restore(deps: Deps, req: RestoreRequest, started_at) -> None:
         else:
             repo.add_watch(
                 s,
-                Watch(
+                request_watch(
+                    req,
                     kind="restore",
                     snapshot_id=req.snapshot_id,
                     snapshot_name=req.snapshot_name,
-                    server_id=req.server_id,
-                    server_name=req.server_name,
-                    request_id=req.id,
-                    channel=req.channel,
-                    parent_ts=request_key(req.id),
-                    requester=req.requester,
-                    team=req.team,
                     started_at=started_at,
-                    last_status=server_state,
+                    status=server_state,
                 ),
             )
             mid = None

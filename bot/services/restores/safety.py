@@ -35,7 +35,7 @@ from bot.services.actors import Actor
 from bot.services.auditing import audit
 from bot.services.deps import Deps
 from bot.services.messaging import request_key, thread_key
-from bot.services.restores.message import request_view, update_request_message
+from bot.services.restores.message import request_view, request_watch, update_request_message
 from bot.services.restores.restore_call import finish_restore, restore_after_safety
 from bot.user_messages import describe
 from bot.vps.errors import VpsError, VpsNotFound
@@ -192,7 +192,17 @@ def _create(deps: Deps, req: RestoreRequest) -> bool:
         )
         mid = None
         if moved:
-            repo.add_watch(s, _safety_watch(req, found.id, found.status, now))
+            repo.add_watch(
+                s,
+                request_watch(
+                    req,
+                    kind="safety",
+                    snapshot_id=found.id,
+                    snapshot_name=name,
+                    started_at=now,
+                    status=found.status,
+                ),
+            )
             audit(
                 deps,
                 s,
@@ -211,23 +221,6 @@ def _create(deps: Deps, req: RestoreRequest) -> bool:
             )
     deps.outbox.flush([mid])
     return moved
-
-
-def _safety_watch(req: RestoreRequest, snapshot_id: int, status: str, now: datetime) -> Watch:
-    return Watch(
-        kind="safety",
-        snapshot_id=snapshot_id,
-        snapshot_name=safety_name(req.id),
-        server_id=req.server_id,
-        server_name=req.server_name,
-        request_id=req.id,
-        channel=req.channel,
-        parent_ts=request_key(req.id),
-        requester=req.requester,
-        team=req.team,
-        started_at=now,
-        last_status=status,
-    )
 
 
 def safety_ended(deps: Deps, w: Watch, status: str, now: datetime) -> None:
